@@ -1,0 +1,46 @@
+"""One reactor-wide sweep instead of a timer per connection (PROTOCOL.md section 2).
+
+A connection silent for ``activity_timeout`` seconds gets a server ``pusher:ping``; if nothing at all
+arrives within ``pong_timeout`` after that, it is closed with 4201 so the client reconnects.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import LoopingCall
+
+from soketify import protocol
+
+
+class ActivityMonitor:
+    def __init__(self, clock, connections, activity_timeout: float, pong_timeout: float):
+        self._clock = clock
+        self._connections = connections
+        self.activity_timeout = activity_timeout
+        self.pong_timeout = pong_timeout
+        # Often enough that a ping or close is at most a few seconds late.
+        self.interval = max(1.0, min(activity_timeout, pong_timeout) / 6)
+        self._loop = LoopingCall(self.sweep)
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def sweep(self) -> None:
+        now = self._clock.seconds()
+        ping = None
+        for connection in list(self._connections):
+            pinged = connection.ping_sent_at
+            if pinged is not None and connection.last_activity >= pinged:
+                connection.ping_sent_at = pinged = None
+            if pinged is None:
+                if now - connection.last_activity >= self.activity_timeout:
+                    if ping is None:
+                        ping = protocol.ping()
+                    connection.send(ping)
+                    connection.ping_sent_at = now
+            elif now - pinged >= self.pong_timeout:
+                connection.close(protocol.PONG_NOT_RECEIVED, "Pong reply not received")

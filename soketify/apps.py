@@ -1,0 +1,22 @@
+"""The app registry: apps found by id or key, with their settings and limits."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from soketify.config import AppConfig
+
+
+class AppRegistry:
+    def __init__(self, apps: Iterable[AppConfig]):
+        self._by_id = {app.id: app for app in apps}
+        self._by_key = {app.key: app for app in self._by_id.values()}
+
+    def by_id(self, app_id: str) -> AppConfig | None:
+        return self._by_id.get(app_id)
+
+    def by_key(self, key: str) -> AppConfig | None:
+        return self._by_key.get(key)
+
+    def __iter__(self):
+        return iter(self._by_id.values())

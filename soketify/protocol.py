@@ -1,0 +1,185 @@
+"""The Pusher protocol (version 7) without I/O: names, error codes, frame decoding and encoding.
+
+Server frames are JSON text; ``data`` of system events is itself a JSON string (double encoding),
+as pusher-js expects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Event names on the wire, kept verbatim.
+CONNECTION_ESTABLISHED = "pusher:connection_established"
+ERROR = "pusher:error"
+PING = "pusher:ping"
+PONG = "pusher:pong"
+SUBSCRIBE = "pusher:subscribe"
+UNSUBSCRIBE = "pusher:unsubscribe"
+SIGNIN = "pusher:signin"
+SUBSCRIPTION_SUCCEEDED = "pusher_internal:subscription_succeeded"
+SUBSCRIPTION_ERROR = "pusher:subscription_error"
+
+SUPPORTED_PROTOCOLS = frozenset((5, 6, 7))
+
+# Close codes (PROTOCOL.md section 1).
+APP_NOT_FOUND = 4001
+APP_DISABLED = 4003
+APP_OVER_QUOTA = 4004
+PATH_NOT_FOUND = 4005
+INVALID_VERSION = 4006
+UNSUPPORTED_PROTOCOL = 4007
+NO_PROTOCOL = 4008
+UNAUTHORIZED = 4009
+OVER_CAPACITY = 4100
+RECONNECT_NOW = 4200
+PONG_NOT_RECEIVED = 4201
+CLOSED_FOR_INACTIVITY = 4202
+CLIENT_EVENT_REJECTED = 4301
+WATCHLIST_TOO_LONG = 4302
+
+# Channel-type prefixes, most specific first (a true prefix match decides the type).
+CHANNEL_PREFIXES = (
+    ("private-encrypted-cache-", "private-encrypted-cache"),
+    ("private-encrypted-", "private-encrypted"),
+    ("private-cache-", "private-cache"),
+    ("presence-cache-", "presence-cache"),
+    ("private-", "private"),
+    ("presence-", "presence"),
+    ("cache-", "cache"),
+    ("#server-to-user-", "server-to-user"),
+)
+
+_CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-=@,.;]+\Z")
+SOCKET_ID = re.compile(r"\d+\.\d+\Z")
+
+
+def channel_type(name: str) -> str:
+    """The channel's type from its prefix: 'public', 'private', 'presence', 'cache', ..."""
+    for prefix, kind in CHANNEL_PREFIXES:
+        if name.startswith(prefix):
+            return kind
+    return "public"
+
+
+def needs_auth(name: str) -> bool:
+    return channel_type(name) not in ("public", "cache", "server-to-user")
+
+
+def is_presence(name: str) -> bool:
+    return name.startswith("presence-")
+
+
+def is_cache(name: str) -> bool:
+    return "cache" in channel_type(name)
+
+
+def is_encrypted(name: str) -> bool:
+    return name.startswith("private-encrypted-")
+
+
+def channel_name_problem(name: Any, max_length: int = 200) -> str | None:
+    """Why a channel name is invalid, or None when it is fine."""
+    if not isinstance(name, str) or not name:
+        return "channel name must be a non-empty string"
+    if len(name) > max_length:
+        return f"channel name is longer than {max_length} characters"
+    if name.startswith("#server-to-user-"):
+        user_id = name[len("#server-to-user-"):]
+        if user_id and _CHANNEL_NAME.match(user_id):
+            return None
+    if not _CHANNEL_NAME.match(name):
+        return "channel name may only contain A-Z, a-z, 0-9 and _-=@,.;"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    """A decoded client frame: its event name, its data (object or string) and channel, if any."""
+
+    event: str
+    data: Any
+    channel: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    """A client frame that cannot be handled: reported back as pusher:error with this code."""
+
+    code: int | None
+    message: str
+
+
+def decode(text: str) -> ClientMessage | ProtocolError:
+    """Decode one client text frame."""
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        return ProtocolError(None, "Invalid JSON")
+    if not isinstance(frame, dict):
+        return ProtocolError(None, "A frame must be a JSON object")
+    event = frame.get("event")
+    if not isinstance(event, str) or not event:
+        return ProtocolError(None, "A frame must have a string 'event'")
+    channel = frame.get("channel")
+    if channel is not None and not isinstance(channel, str):
+        return ProtocolError(None, "'channel' must be a string")
+    data = frame.get("data")
+    # pusher-js sends data as an object; other clients send it as a JSON string.
+    if event.startswith("pusher:") and isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return ProtocolError(None, f"Invalid JSON in data of {event}")
+    return ClientMessage(event, data, channel)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(event: str, data: Any = None, channel: str | None = None, **extra: Any) -> str:
+    """A server frame; non-string ``data`` is JSON-encoded to a string (the protocol's double encoding)."""
+    frame: dict[str, Any] = {"event": event}
+    if channel is not None:
+        frame["channel"] = channel
+    if data is not None:
+        frame["data"] = data if isinstance(data, str) else _dumps(data)
+    frame.update(extra)
+    return _dumps(frame)
+
+
+def connection_established(socket_id: str, activity_timeout: int) -> str:
+    return encode(CONNECTION_ESTABLISHED, {"socket_id": socket_id, "activity_timeout": activity_timeout})
+
+
+def error(code: int | None, message: str) -> str:
+    # pusher:error carries its data as an object (pusher-js accepts both), like the hosted service.
+    return _dumps({"event": ERROR, "data": {"code": code, "message": message}})
+
+
+def pong() -> str:
+    return encode(PONG, {})
+
+
+def ping() -> str:
+    return encode(PING, {})
+
+
+def subscription_succeeded(channel: str, data: Any = None) -> str:
+    return encode(SUBSCRIPTION_SUCCEEDED, data if data is not None else {}, channel)
+
+
+def subscription_error(channel: str, kind: str, message: str, status: int) -> str:
+    return _dumps({"event": SUBSCRIPTION_ERROR, "channel": channel,
+                   "data": {"type": kind, "error": message, "status": status}})
+
+
+def event(name: str, channel: str, data: str, user_id: str | None = None) -> str:
+    """A channel event as subscribers receive it; ``data`` is passed through as given."""
+    frame: dict[str, Any] = {"event": name, "channel": channel, "data": data}
+    if user_id is not None:
+        frame["user_id"] = user_id
+    return _dumps(frame)

@@ -1,0 +1,253 @@
+"""The REST API (``/apps/{id}/...``, PROTOCOL.md section 7): signature check, validation, hub calls.
+
+Every answer is JSON: ``{}`` or the requested information on success, ``{"error": "..."}`` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl, unquote
+
+from klein import Klein
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
+
+from soketify import protocol, signing
+from soketify.config import AppConfig, LimitsConfig
+
+log = Logger()
+
+EVENT_INFO = frozenset(("user_count", "subscription_count"))
+CHANNEL_INFO = frozenset(("user_count", "subscription_count"))
+CHANNELS_INFO = frozenset(("user_count", "subscription_count"))
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json(request, status: int, body) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _info_attributes(raw: object, allowed: frozenset, what: str) -> list[str]:
+    if raw is None or raw == "":
+        return []
+    if not isinstance(raw, str):
+        raise ApiError(400, f"{what}: info must be a comma-separated string")
+    attributes = [a.strip() for a in raw.split(",") if a.strip()]
+    for attribute in attributes:
+        if attribute not in allowed:
+            raise ApiError(400, f"{what}: unknown info attribute {attribute!r}")
+    return attributes
+
+
+class RestApi:
+    """Routes of the REST API and the status endpoints, as a Klein app."""
+
+    app = Klein()
+
+    def __init__(self, hub, clock, limits: LimitsConfig, is_ready):
+        self.hub = hub
+        self.clock = clock
+        self.limits = limits
+        self._is_ready = is_ready
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- status --------------------------------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def root(self, request):
+        return _json(request, 200, {"ok": True})
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request):
+        return _json(request, 200, {"ok": True})
+
+    @app.route("/ready", methods=["GET"])
+    def ready(self, request):
+        if self._is_ready():
+            return _json(request, 200, {"ready": True})
+        return _json(request, 503, {"ready": False, "error": "Server is shutting down"})
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request, failure):
+        error = failure.value
+        return _json(request, error.code, {"error": error.description or error.name})
+
+    @app.handle_errors(ApiError)
+    def api_error(self, request, failure):
+        return _json(request, failure.value.status, {"error": failure.value.message})
+
+    @app.handle_errors(Exception)
+    def internal_error(self, request, failure):
+        log.failure("REST request {uri} failed", failure, uri=request.uri)
+        return _json(request, 500, {"error": "Internal server error"})
+
+    # -- authentication ------------------------------------------------------------------------
+
+    def _authenticate(self, request, app_id: str) -> tuple[AppConfig, bytes]:
+        """Check the request signature; returns the app and the raw body."""
+        app = self.hub.apps.by_id(app_id)
+        if app is None:
+            raise ApiError(404, f"Unknown app {app_id!r}")
+        if getattr(request, "body_too_large", False):
+            raise ApiError(413, "Request body is too large")
+        query = request.uri.partition(b"?")[2].decode("utf-8", "replace")
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        if params.get("auth_key") != app.key:
+            raise ApiError(401, "auth_key is missing or does not belong to this app")
+        try:
+            timestamp = int(params.get("auth_timestamp", ""))
+        except ValueError:
+            raise ApiError(401, "auth_timestamp is missing or not a number")
+        skew = self.limits.max_timestamp_skew
+        if abs(self.clock.seconds() - timestamp) > skew:
+            raise ApiError(401, f"auth_timestamp is more than {skew} seconds from server time")
+        if params.get("auth_version") != "1.0":
+            raise ApiError(401, "auth_version must be 1.0")
+        body = request.content.read() if request.content is not None else b""
+        if body or "body_md5" in params:
+            if params.get("body_md5") != signing.body_md5(body):
+                raise ApiError(401, "body_md5 does not match the request body")
+        method = request.method.decode()
+        raw_path = request.path.decode("utf-8", "replace")
+        signature = params.get("auth_signature")
+        # Clients sign the path as they send it; accept the decoded form too for escaped names.
+        if not (signing.verify_rest_signature(app.secret, method, raw_path, params, signature)
+                or ("%" in raw_path and signing.verify_rest_signature(
+                    app.secret, method, unquote(raw_path), params, signature))):
+            raise ApiError(401, "Invalid signature: check the app secret and the signed string")
+        if not app.enabled:
+            raise ApiError(403, "App is disabled")
+        return app, body
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _parse_json_object(self, body: bytes) -> dict:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise ApiError(400, "Request body must be JSON")
+        if not isinstance(document, dict):
+            raise ApiError(400, "Request body must be a JSON object")
+        return document
+
+    def _event(self, event: object, where: str, batch: bool) -> dict:
+        """Validate one event; returns name, data, channels, socket_id and info attributes."""
+        if not isinstance(event, dict):
+            raise ApiError(400, f"{where}: an event must be a JSON object")
+        limits = self.limits
+        name = event.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, f"{where}: name must be a non-empty string")
+        if len(name) > limits.max_event_name_length:
+            raise ApiError(400, f"{where}: name is longer than {limits.max_event_name_length} characters")
+        data = event.get("data")
+        if not isinstance(data, str):
+            raise ApiError(400, f"{where}: data must be a string")
+        if len(data.encode("utf-8")) > limits.max_event_data_bytes:
+            raise ApiError(413, f"{where}: data is larger than {limits.max_event_data_bytes} bytes")
+        if "channels" in event and not batch:
+            channels = event["channels"]
+            if not isinstance(channels, list) or not channels:
+                raise ApiError(400, f"{where}: channels must be a non-empty list")
+        elif "channel" in event:
+            channels = [event["channel"]]
+        else:
+            raise ApiError(400, f"{where}: channel{'' if batch else 's'} is required")
+        if len(channels) > limits.max_channels_per_event:
+            raise ApiError(400, f"{where}: more than {limits.max_channels_per_event} channels")
+        for channel in channels:
+            problem = protocol.channel_name_problem(channel, limits.max_channel_name_length)
+            if problem is not None:
+                raise ApiError(400, f"{where}: {problem}: {channel!r}")
+        if len(channels) > 1 and any(protocol.is_encrypted(c) for c in channels):
+            raise ApiError(400, f"{where}: an encrypted channel cannot be triggered with other channels")
+        socket_id = event.get("socket_id")
+        if socket_id is not None and (not isinstance(socket_id, str)
+                                      or not protocol.SOCKET_ID.match(socket_id)):
+            raise ApiError(400, f"{where}: socket_id must look like 123.456")
+        info = _info_attributes(event.get("info"), EVENT_INFO, where)
+        return {"name": name, "data": data, "channels": list(dict.fromkeys(channels)),
+                "socket_id": socket_id, "info": info}
+
+    async def _event_info(self, app_id: str, event: dict) -> dict:
+        stats = await self.hub.channel_stats(app_id, event["channels"])
+        return {name: self._stats_body(name, stats[name], event["info"]) for name in event["channels"]}
+
+    @staticmethod
+    def _stats_body(name: str, stats, attributes) -> dict:
+        body = {}
+        if "user_count" in attributes and protocol.is_presence(name):
+            body["user_count"] = stats.user_count or 0
+        if "subscription_count" in attributes:
+            body["subscription_count"] = stats.subscription_count
+        return body
+
+    @app.route("/apps/<string:app_id>/events", methods=["POST"])
+    async def events(self, request, app_id):
+        app, body = self._authenticate(request, app_id)
+        event = self._event(self._parse_json_object(body), "event", batch=False)
+        self.hub.publish(app.id, event["channels"], event["name"], event["data"], event["socket_id"])
+        if not event["info"]:
+            return _json(request, 200, {})
+        return _json(request, 200, {"channels": await self._event_info(app.id, event)})
+
+    @app.route("/apps/<string:app_id>/batch_events", methods=["POST"])
+    async def batch_events(self, request, app_id):
+        app, body = self._authenticate(request, app_id)
+        batch = self._parse_json_object(body).get("batch")
+        if not isinstance(batch, list) or not batch:
+            raise ApiError(400, "batch must be a non-empty list of events")
+        if len(batch) > self.limits.max_batch_events:
+            raise ApiError(400, f"batch has more than {self.limits.max_batch_events} events")
+        # Validate everything first: a batch is published whole or not at all.
+        events = [self._event(e, f"batch[{i}]", batch=True) for i, e in enumerate(batch)]
+        for event in events:
+            self.hub.publish(app.id, event["channels"], event["name"], event["data"],
+                             event["socket_id"])
+        if not any(event["info"] for event in events):
+            return _json(request, 200, {})
+        answers = []
+        for event in events:
+            info = await self._event_info(app.id, event) if event["info"] else {}
+            answers.append(info.get(event["channels"][0], {}))
+        return _json(request, 200, {"batch": answers})
+
+    # -- channel queries -----------------------------------------------------------------------
+
+    @app.route("/apps/<string:app_id>/channels", methods=["GET"])
+    async def channels(self, request, app_id):
+        app, _ = self._authenticate(request, app_id)
+        args = request.args
+        prefix = args.get(b"filter_by_prefix", [b""])[0].decode("utf-8", "replace")
+        info = _info_attributes(args.get(b"info", [b""])[0].decode("utf-8", "replace"),
+                                CHANNELS_INFO, "info")
+        if "user_count" in info and not prefix.startswith("presence-"):
+            raise ApiError(400, "info=user_count needs filter_by_prefix starting with presence-")
+        occupied = await self.hub.occupied_channels(app.id, prefix)
+        return _json(request, 200, {"channels": {
+            name: self._stats_body(name, stats, info) for name, stats in occupied.items()}})
+
+    @app.route("/apps/<string:app_id>/channels/<string:channel>", methods=["GET"])
+    async def channel(self, request, app_id, channel):
+        app, _ = self._authenticate(request, app_id)
+        problem = protocol.channel_name_problem(channel, self.limits.max_channel_name_length)
+        if problem is not None:
+            raise ApiError(400, problem)
+        info = _info_attributes(request.args.get(b"info", [b""])[0].decode("utf-8", "replace"),
+                                CHANNEL_INFO, "info")
+        if "user_count" in info and not protocol.is_presence(channel):
+            raise ApiError(400, "info=user_count is only available for presence channels")
+        stats = (await self.hub.channel_stats(app.id, [channel]))[channel]
+        body = {"occupied": stats.occupied}
+        body.update(self._stats_body(channel, stats, info))
+        return _json(request, 200, body)

@@ -1,0 +1,118 @@
+"""Command line and wiring: the only place that builds and connects the parts."""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application import service, strports
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+from twisted.python import usage
+
+from soketify import autobahn_tuning, protocol
+from soketify.activity import ActivityMonitor
+from soketify.apps import AppRegistry
+from soketify.cluster import LocalCluster
+from soketify.config import Config, ConfigError, load_default
+from soketify.hub import Hub
+from soketify.rest import RestApi
+from soketify.web import ApiSite, SwitchFactory
+from soketify.websocket import PusherServerFactory, frame_text
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = ("Run Soketify, a Pusher Channels compatible server. Without --config it reads "
+                "/etc/soketify/soketify.toml, or serves a public development app on tcp:6001.")
+    optParameters = [["config", "c", None, "Path of the TOML config file."]]
+
+    def postOptions(self):
+        try:
+            self["loaded"] = load_default(self["config"])
+        except ConfigError as e:
+            # One line per problem, no usage text and no traceback; nothing has started listening.
+            for problem in e.problems:
+                print(problem, file=sys.stderr)
+            raise SystemExit(1)
+
+
+class SoketifyService(service.MultiService):
+    """The listeners plus graceful stop: refuse new work, move every client (4200), then stop."""
+
+    def __init__(self, config: Config, reactor):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.ready = False
+        server = config.server
+        autobahn_tuning.apply()
+        self.hub = Hub(AppRegistry(config.apps), LocalCluster(), frame_text, config.limits)
+        self.websocket = PusherServerFactory(
+            self.hub, reactor, server.activity_timeout, server.max_message_size,
+            server.max_send_buffer)
+        autobahn_tuning.options_on_class(self.websocket)
+        self.activity = ActivityMonitor(reactor, self.websocket.connections,
+                                        server.activity_timeout, server.pong_timeout)
+        api = RestApi(self.hub, reactor, config.limits, lambda: self.ready)
+        site = ApiSite(api.resource(), config.limits.max_request_body_bytes, reactor=reactor)
+        self.listeners = []
+        switch = SwitchFactory(self.websocket, site)
+        for description in server.listen:
+            listener = strports.service(description, switch, reactor=reactor)
+            listener.setServiceParent(self)
+            self.listeners.append(listener)
+
+    def startService(self):
+        if self.config.is_development_default:
+            log.warn("No config file: serving the development app (id 'app-id', key 'app-key', "
+                     "secret 'app-secret'). These credentials are public; do not use them in "
+                     "production.")
+        super().startService()
+        self.activity.start()
+        self.ready = True
+        log.info("Soketify listening on {listen}", listen=", ".join(self.config.server.listen))
+
+    def stopService(self):
+        self.ready = False
+        self.websocket.stopping = True
+        self.activity.stop()
+        stopped = DeferredList([succeed(listener.stopService()) for listener in self.listeners])
+        stopped.addCallback(lambda _: self._move_clients())
+        stopped.addCallback(lambda _: service.Service.stopService(self))
+        return stopped
+
+    def _move_clients(self) -> Deferred:
+        """Send every client 4200 so pusher-js reconnects at once; abort stragglers after a bound."""
+        connections = self.websocket.connections
+        done = Deferred()
+        if not connections:
+            done.callback(None)
+            return done
+        log.info("Asking {count} clients to reconnect elsewhere", count=len(connections))
+        error = protocol.error(protocol.RECONNECT_NOW, "Server is shutting down")
+        for connection in list(connections):
+            connection.send(error)
+            connection.close(protocol.RECONNECT_NOW, "Server is shutting down")
+
+        def check():
+            if not connections:
+                done.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                for connection in list(connections):
+                    connection.transport.abortConnection()
+                done.callback(None)
+            else:
+                self.reactor.callLater(0.05, check)
+
+        deadline = self.reactor.seconds() + self.config.server.shutdown_timeout
+        self.reactor.callLater(0.05, check)
+        return done
+
+
+def makeService(options, reactor=None) -> service.IService:
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options["loaded"] if "loaded" in options else load_default(options.get("config"))
+    return SoketifyService(config, reactor)

@@ -1,0 +1,108 @@
+"""One listening port for both WebSocket and HTTP: the first request line decides.
+
+Requests for ``/app/...`` go straight to the Autobahn protocol (cheaper per connection than
+twisted.web's WebSocketResource); everything else goes to the twisted.web Site of the REST API.
+Once decided, the chosen protocol takes the sniffer's place on the transport.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.protocol import Factory, Protocol
+from twisted.web.server import Request, Site
+
+WEBSOCKET_PATH_PREFIX = b"/app/"
+# Longer than any sane request line: give up rather than buffer without end.
+MAX_REQUEST_LINE = 8192
+
+
+class FirstLineSwitch(Protocol):
+    """Reads up to the end of the request line, then hands the connection to the right protocol."""
+
+    def __init__(self, factory: "SwitchFactory", addr):
+        self._factory = factory
+        self._addr = addr
+        self._buffer = b""
+        self._chosen = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._chosen is not None:
+            self._chosen.dataReceived(data)
+            return
+        self._buffer += data
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            if len(self._buffer) > MAX_REQUEST_LINE:
+                self.transport.loseConnection()
+            return
+        parts = self._buffer[:end].split(b" ")
+        path = parts[1] if len(parts) >= 2 else b""
+        if path.startswith(WEBSOCKET_PATH_PREFIX):
+            chosen = self._factory.websocket.buildProtocol(self._addr)
+        else:
+            chosen = self._factory.site.buildProtocol(self._addr)
+        buffered, self._buffer = self._buffer, b""
+        self._chosen = chosen
+        self._hand_over(chosen)
+        chosen.makeConnection(self.transport)
+        chosen.dataReceived(buffered)
+
+    def _hand_over(self, chosen) -> None:
+        """Let the transport talk to the chosen protocol directly; otherwise keep forwarding."""
+        transport = self.transport
+        if getattr(transport, "wrappedProtocol", None) is self:  # TLS
+            transport.wrappedProtocol = chosen
+        elif getattr(transport, "protocol", None) is self:  # TCP
+            transport.protocol = chosen
+
+    def connectionLost(self, reason) -> None:
+        if self._chosen is not None:
+            self._chosen.connectionLost(reason)
+
+
+class SwitchFactory(Factory):
+    def __init__(self, websocket_factory, site: Site):
+        self.websocket = websocket_factory
+        self.site = site
+
+    def doStart(self):
+        self.websocket.doStart()
+        self.site.doStart()
+
+    def doStop(self):
+        self.websocket.doStop()
+        self.site.doStop()
+
+    def buildProtocol(self, addr):
+        return FirstLineSwitch(self, addr)
+
+
+class LimitedRequest(Request):
+    """A request that stops buffering its body past the site's limit and remembers that it did."""
+
+    body_too_large = False
+    _body_received = 0
+
+    def gotLength(self, length):
+        if length is not None and length > self.channel.site.max_request_body:
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_received += len(data)
+        if self._body_received > self.channel.site.max_request_body:
+            self.body_too_large = True
+        if not self.body_too_large:
+            super().handleContentChunk(data)
+
+
+class ApiSite(Site):
+    requestFactory = LimitedRequest
+    noisy = False
+
+    def __init__(self, resource, max_request_body: int, reactor=None):
+        super().__init__(resource, reactor=reactor)
+        self.max_request_body = max_request_body
+
+    def log(self, request):
+        """No access log line per request: triggers are the hot path of the REST API."""
