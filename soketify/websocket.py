@@ -160,6 +160,8 @@ class PusherServerFactory(WebSocketServerFactory):
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
             webStatus=False,
+            # Send a close frame with the reason (1009 message too big, 1002, ...) before dropping.
+            failByDrop=False,
             perMessageCompressionAccept=lambda offers: None,
             autoPingInterval=0,
         )
