@@ -46,9 +46,16 @@ test: unit interop
 bench: $(VENV)/.test-installed node_modules/.installed
 	$(VENV)/bin/python bench/run.py
 
-lock: $(VENV)/.test-installed
-	{ echo "# Pinned Python packages for running the tests (make test). Regenerate with: make lock"; \
-	  $(VENV)/bin/pip freeze --exclude-editable; } > requirements-test.txt
+# Re-pin: requirements.txt (runtime, for the Debian package) and requirements-test.txt (tests).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet . && \
+	  { echo "# Pinned runtime dependencies (used by the Debian package). Regenerate with: make lock"; \
+	    .lock-venv/bin/pip freeze | grep -iv '^soketify'; } > requirements.txt
+	.lock-venv/bin/pip install --quiet '.[test]' && \
+	  { echo "# Pinned Python packages for running the tests (make test). Regenerate with: make lock"; \
+	    .lock-venv/bin/pip freeze | grep -iv '^soketify'; } > requirements-test.txt
+	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) node_modules _trial_temp .pytest_cache
+	rm -rf $(VENV) node_modules _trial_temp .pytest_cache .lock-venv debian/soketify debian/.debhelper
