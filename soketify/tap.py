@@ -22,6 +22,19 @@ from soketify.websocket import PusherServerFactory, frame_text
 log = Logger()
 
 
+# Twisted's default listen backlog of 50 drops bursts of connections (every client reconnecting at
+# once after a restart) and makes them retry a second later; the kernel still caps it (somaxconn).
+DEFAULT_BACKLOG = 1024
+
+
+def with_default_backlog(description: str) -> str:
+    """The endpoint description with a large listen backlog unless it sets one itself."""
+    kind = description.split(":", 1)[0].lower()
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
+
+
 class Options(usage.Options):
     synopsis = "[--config PATH]"
     longdesc = ("Run Soketify, a Pusher Channels compatible server. Without --config it reads "
@@ -60,7 +73,7 @@ class SoketifyService(service.MultiService):
         self.listeners = []
         switch = SwitchFactory(self.websocket, site)
         for description in server.listen:
-            listener = strports.service(description, switch, reactor=reactor)
+            listener = strports.service(with_default_backlog(description), switch, reactor=reactor)
             listener.setServiceParent(self)
             self.listeners.append(listener)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.protocol import PreparedMessage, TrafficStats
 from twisted.logger import Logger
 
 from soketify import protocol
@@ -13,12 +13,33 @@ from soketify import protocol
 APP_PATH_PREFIX = "/app/"
 
 # Handshake state Autobahn keeps for the life of a connection although nothing reads it once open.
-_HANDSHAKE_LEFTOVERS = (
+_HANDSHAKE_LEFTOVERS = frozenset((
     "http_request_data", "http_status_line", "http_headers", "http_request_uri",
     "http_request_path", "http_request_params", "http_request_host", "http_response_data",
     "websocket_protocols", "websocket_extensions", "websocket_origin",
     "_wskey", "_refusal",
-)
+))
+
+# Autobahn state that every open connection holds with the same value until it starts closing.
+# Kept as class attributes instead: reads see the same value, a later write makes it per instance.
+_OPEN_STATE_DEFAULTS = {
+    name: None for name in (
+        "autoPingPending", "autoPingPendingCall", "autoPingPendingSent", "autoPingTimeoutCall",
+        "closeHandshakeTimeoutCall", "openHandshakeTimeoutCall", "localCloseCode",
+        "localCloseReason", "remoteCloseCode", "remoteCloseReason", "wasNotCleanReason",
+        "trackedTimings", "_perMessageCompress", "websocket_protocol_in_use", "current_frame")
+}
+_OPEN_STATE_DEFAULTS.update({
+    name: False for name in (
+        "closedByMe", "droppedByMe", "failedByMe", "wasClean", "wasCloseHandshakeTimeout",
+        "wasMaxFramePayloadSizeExceeded", "wasMaxMessagePayloadSizeExceeded",
+        "wasOpenHandshakeTimeout", "wasServerConnectionDropTimeout",
+        "wasServingFlashSocketPolicyFile", "triggered", "inside_message")
+})
+_OPEN_STATE_DEFAULTS["autoPingPendingSeq"] = 0
+# Autobahn queues writes only for sync/chopped sends, which Soketify never makes; an empty tuple
+# reads as an empty queue at no cost per connection.
+_NO_SEND_QUEUE = ()
 
 
 def frame_text(text: str) -> bytes:
@@ -69,8 +90,7 @@ class PusherServerProtocol(WebSocketServerProtocol):
     def onOpen(self):
         factory = self.factory
         refusal = self._refusal
-        for name in _HANDSHAKE_LEFTOVERS:
-            self.__dict__.pop(name, None)
+        self._shed_shared_state()
         if refusal is not None:
             code, message = refusal
             self.app = None
@@ -85,6 +105,22 @@ class PusherServerProtocol(WebSocketServerProtocol):
         factory.connections.add(self)
         self.transport.registerProducer(self, True)
         self.send(protocol.connection_established(self.socket_id, factory.activity_timeout))
+
+    def _shed_shared_state(self) -> None:
+        """Drop what every open connection would otherwise carry separately (about 2 KB each)."""
+        state = self.__dict__
+        compact = {}
+        for name, value in state.items():
+            if name in _HANDSHAKE_LEFTOVERS:
+                continue
+            if name in _OPEN_STATE_DEFAULTS and value is _OPEN_STATE_DEFAULTS[name]:
+                continue
+            compact[name] = value
+        compact["send_queue"] = _NO_SEND_QUEUE
+        # Byte counters nobody reads per connection: one node-wide set of totals instead.
+        compact["trafficStats"] = self.factory.traffic_totals
+        # A fresh dict sized for what is left; the old one was sized for 60 attributes.
+        self.__dict__ = compact
 
     def onMessage(self, payload: bytes, isBinary: bool):
         if self.socket_id is None:
@@ -144,6 +180,10 @@ class PusherServerProtocol(WebSocketServerProtocol):
         self._paused = False
 
 
+for _name, _value in _OPEN_STATE_DEFAULTS.items():
+    setattr(PusherServerProtocol, _name, _value)
+
+
 class PusherServerFactory(WebSocketServerFactory):
     protocol = PusherServerProtocol
 
@@ -155,6 +195,7 @@ class PusherServerFactory(WebSocketServerFactory):
         self.activity_timeout = activity_timeout
         self.max_send_buffer = max_send_buffer
         self.connections: set[PusherServerProtocol] = set()
+        self.traffic_totals = TrafficStats()
         self.stopping = False
         self.setProtocolOptions(
             maxFramePayloadSize=max_message_size,

@@ -148,3 +148,14 @@ max_connections = -1
         self.assertEqual(sorted(result.stderr.strip().splitlines()),
                          [f"{path}: apps[0].secret: missing", f"{path}: server.nope: unknown key"])
         self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+
+class BacklogTests(unittest.TestCase):
+    def test_tcp_and_ssl_get_a_large_backlog_unless_set(self):
+        """Listeners absorb connection bursts: backlog 1024 by default, the user's value otherwise."""
+        from soketify.tap import with_default_backlog
+        self.assertEqual(with_default_backlog("tcp:6001"), "tcp:6001:backlog=1024")
+        self.assertEqual(with_default_backlog("ssl:443:privateKey=k.pem"),
+                         "ssl:443:privateKey=k.pem:backlog=1024")
+        self.assertEqual(with_default_backlog("tcp:6001:backlog=10"), "tcp:6001:backlog=10")
+        self.assertEqual(with_default_backlog("unix:/run/s.sock"), "unix:/run/s.sock")
