@@ -20,6 +20,7 @@ from soketify import protocol, signing
 from soketify.apps import AppRegistry
 from soketify.channels import AppChannels
 from soketify.config import AppConfig, LimitsConfig
+from soketify.subscription_counts import SubscriptionCountAnnouncer
 
 log = Logger()
 
@@ -36,7 +37,7 @@ class ChannelStats:
 
 class Hub:
     def __init__(self, apps: AppRegistry, cluster, frame: Callable[[str], bytes],
-                 limits: LimitsConfig, node_number: int | None = None):
+                 limits: LimitsConfig, clock, node_number: int | None = None):
         self.apps = apps
         self.limits = limits
         self._frame = frame
@@ -47,6 +48,7 @@ class Hub:
         self._socket_numbers = count(1)
         self._channels: dict[str, AppChannels] = {app.id: AppChannels() for app in apps}
         self._connection_counts: dict[str, int] = {app.id: 0 for app in apps}
+        self._counts = SubscriptionCountAnnouncer(clock, self._announce_subscription_count)
         self._handlers: dict[str, Callable[[Any, protocol.ClientMessage], None]] = {
             protocol.PING: self._on_ping,
             protocol.PONG: self._on_pong,
@@ -55,6 +57,10 @@ class Hub:
         }
 
     # -- connections -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Cancel pending timers (the service is stopping)."""
+        self._counts.stop()
 
     def new_socket_id(self) -> str:
         return f"{self._node_number}.{next(self._socket_numbers)}"
@@ -75,8 +81,10 @@ class Hub:
 
     def disconnect(self, connection) -> None:
         """Forget a closed connection: leave its channels and free its place in the quota."""
-        self._connection_counts[connection.app.id] -= 1
-        self._channels[connection.app.id].remove_connection(connection)
+        app = connection.app
+        self._connection_counts[app.id] -= 1
+        for channel in self._channels[app.id].remove_connection(connection):
+            self._subscribers_changed(app, channel.name, channel.subscription_count)
 
     def connection_count(self, app_id: str) -> int:
         return self._connection_counts.get(app_id, 0)
@@ -119,9 +127,11 @@ class Hub:
             connection.send(protocol.subscription_error(
                 name, "AuthError" if status == 401 else "InvalidChannel", problem, status))
             return
-        self._channels[connection.app.id].subscribe(connection, name)
+        channel, new = self._channels[connection.app.id].subscribe(connection, name)
         # A repeated subscribe is answered again but counted once.
         connection.send(protocol.subscription_succeeded(name))
+        if new:
+            self._subscribers_changed(connection.app, name, channel.subscription_count)
 
     def _auth_problem(self, connection, name: str, data: dict) -> str | None:
         kind = protocol.channel_type(name)
@@ -141,7 +151,20 @@ class Hub:
         if not isinstance(name, str):
             connection.send(protocol.error(None, "pusher:unsubscribe needs data.channel"))
             return
-        self._channels[connection.app.id].unsubscribe(connection, name)
+        channel = self._channels[connection.app.id].unsubscribe(connection, name)
+        if channel is not None:
+            self._subscribers_changed(connection.app, name, channel.subscription_count)
+
+    def _subscribers_changed(self, app: AppConfig, name: str, count: int) -> None:
+        if app.subscription_count and not protocol.is_presence(name):
+            self._counts.changed(app.id, name, count)
+
+    def _announce_subscription_count(self, app_id: str, name: str) -> None:
+        channel = self._channels[app_id].get(name)
+        if channel is not None:
+            text = protocol.encode(protocol.SUBSCRIPTION_COUNT,
+                                   {"subscription_count": channel.subscription_count}, name)
+            self.deliver(app_id, name, self._frame(text), None)
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -153,19 +176,16 @@ class Hub:
             self._cluster.publish(app_id, channel, frame, except_socket_id)
 
     def deliver(self, app_id: str, channel_name: str, frame: bytes,
-                except_socket_id: str | None) -> int:
-        """Write one framed event to this node's subscribers; the hot path. Returns the count."""
+                except_socket_id: str | None) -> None:
+        """Write one framed event to this node's subscribers: the hot path."""
         app_channels = self._channels.get(app_id)
         channel = app_channels.get(channel_name) if app_channels is not None else None
         if channel is None:
-            return 0
-        delivered = 0
-        # Iterate over a copy: a write can fail and close a connection, which unsubscribes it.
-        for socket_id, connection in list(channel.subscribers.items()):
+            return
+        # write_frame never closes synchronously, so the subscribers cannot change under us.
+        for socket_id, connection in channel.subscribers.items():
             if socket_id != except_socket_id:
                 connection.write_frame(frame)
-                delivered += 1
-        return delivered
 
     # -- queries -----------------------------------------------------------------------------
 

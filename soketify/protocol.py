@@ -21,6 +21,7 @@ UNSUBSCRIBE = "pusher:unsubscribe"
 SIGNIN = "pusher:signin"
 SUBSCRIPTION_SUCCEEDED = "pusher_internal:subscription_succeeded"
 SUBSCRIPTION_ERROR = "pusher:subscription_error"
+SUBSCRIPTION_COUNT = "pusher_internal:subscription_count"
 
 SUPPORTED_PROTOCOLS = frozenset((5, 6, 7))
 

@@ -61,7 +61,7 @@ class SoketifyService(service.MultiService):
         self.ready = False
         server = config.server
         autobahn_tuning.apply()
-        self.hub = Hub(AppRegistry(config.apps), LocalCluster(), frame_text, config.limits)
+        self.hub = Hub(AppRegistry(config.apps), LocalCluster(), frame_text, config.limits, reactor)
         self.websocket = PusherServerFactory(
             self.hub, reactor, server.activity_timeout, server.max_message_size,
             server.max_send_buffer)
@@ -91,6 +91,7 @@ class SoketifyService(service.MultiService):
         self.ready = False
         self.websocket.stopping = True
         self.activity.stop()
+        self.hub.stop()
         stopped = DeferredList([succeed(listener.stopService()) for listener in self.listeners])
         stopped.addCallback(lambda _: self._move_clients())
         stopped.addCallback(lambda _: service.Service.stopService(self))

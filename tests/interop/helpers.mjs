@@ -1,0 +1,589 @@
+// Shared helpers for the interop suite: start/stop the real soketify daemon,
+// connect official clients (pusher-js, the Node and Python server SDKs) and
+// raw `ws` clients, and wait on events with bounded timeouts.
+//
+// Environment:
+//   SOKETIFY_VENV    virtualenv holding the daemon (default: <repo>/.venv)
+//   SOKETIFY_PYTHON  python used for py_sdk.py (default: <venv>/bin/python)
+//   SOKETIFY_INTEROP_LOGS=1  echo daemon output to stderr while tests run
+
+import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+const require = createRequire(import.meta.url);
+export const PusherJS = require('pusher-js');
+export const PusherServer = require('pusher');
+export const WebSocket = require('ws');
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const REPO_ROOT = path.resolve(HERE, '..', '..');
+export const VENV = process.env.SOKETIFY_VENV || path.join(REPO_ROOT, '.venv');
+export const PYTHON = process.env.SOKETIFY_PYTHON || path.join(VENV, 'bin', 'python');
+export const TWISTD = path.join(VENV, 'bin', 'twistd');
+
+export const DEFAULT_TIMEOUT = 5000;
+
+// App ids are numeric: the Python SDK (pusher 3.3) refuses any other app id.
+export const APP = Object.freeze({ id: '100001', key: 'app-key', secret: 'app-secret' });
+
+// ---------------------------------------------------------------- waiting
+
+export function delay(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Race `promise` against a timer; the error names what we were waiting for. */
+export function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Poll an async (or sync) check until it returns a truthy value; returns that value.
+ * Used only for server state that has no push notification (REST queries).
+ */
+export async function pollUntil(check, { timeout = DEFAULT_TIMEOUT, interval = 50, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      last = await check();
+      if (last) return last;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeout} ms waiting for ${what}; last result: ${describe(last)}`);
+    }
+    await delay(interval);
+  }
+}
+
+function describe(value) {
+  if (value instanceof Error) return `${value.name}: ${value.message}`;
+  try {
+    return JSON.stringify(value);
+  } catch {
+    return String(value);
+  }
+}
+
+/**
+ * An append-only log of received items with waiters: `waitFor(pred)` resolves with the
+ * first item (already received or future) matching `pred`, or rejects after the timeout.
+ */
+export class Inbox {
+  constructor(label) {
+    this.label = label;
+    this.items = [];
+    this.waiters = new Set();
+  }
+
+  push(item) {
+    this.items.push(item);
+    for (const waiter of [...this.waiters]) {
+      if (waiter.pred(item)) {
+        this.waiters.delete(waiter);
+        clearTimeout(waiter.timer);
+        waiter.resolve(item);
+      }
+    }
+  }
+
+  /** Reject every pending waiter (the source is gone). */
+  fail(err) {
+    this.failure = err;
+    for (const waiter of [...this.waiters]) {
+      this.waiters.delete(waiter);
+      clearTimeout(waiter.timer);
+      waiter.reject(err);
+    }
+  }
+
+  filter(pred) {
+    return this.items.filter(pred);
+  }
+
+  waitFor(pred, { timeout = DEFAULT_TIMEOUT, what = 'a matching item', from = 0 } = {}) {
+    const found = this.items.slice(from).find(pred);
+    if (found !== undefined) return Promise.resolve(found);
+    if (this.failure) return Promise.reject(new Error(`${this.failure.message} (waiting for ${what})`));
+    return new Promise((resolve, reject) => {
+      const waiter = { pred, resolve, reject };
+      waiter.timer = setTimeout(() => {
+        this.waiters.delete(waiter);
+        reject(
+          new Error(
+            `${this.label}: timed out after ${timeout} ms waiting for ${what}; received so far: ` +
+              describe(this.items).slice(0, 2000),
+          ),
+        );
+      }, timeout);
+      this.waiters.add(waiter);
+    });
+  }
+}
+
+// ---------------------------------------------------------------- daemon
+
+/** A TCP port that was free a moment ago (bind port 0, read it, close). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function tomlValue(value) {
+  if (typeof value === 'string') return JSON.stringify(value); // TOML basic string, JSON escapes are valid
+  if (typeof value === 'boolean') return value ? 'true' : 'false';
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) throw new Error(`cannot write ${value} to TOML`);
+    return String(value);
+  }
+  if (Array.isArray(value)) return `[${value.map(tomlValue).join(', ')}]`;
+  throw new Error(`cannot write ${typeof value} to TOML`);
+}
+
+function tomlTable(header, obj) {
+  const lines = [header];
+  for (const [k, v] of Object.entries(obj)) {
+    if (v === undefined) continue;
+    lines.push(`${k} = ${tomlValue(v)}`);
+  }
+  return lines.join('\n');
+}
+
+export function appConfig(overrides = {}) {
+  return {
+    id: APP.id,
+    key: APP.key,
+    secret: APP.secret,
+    enabled: true,
+    max_connections: 0,
+    client_events: true,
+    authorized_connections: false,
+    subscription_count: false,
+    ...overrides,
+  };
+}
+
+export function renderConfig({ port, server = {}, apps = [appConfig()] }) {
+  const serverTable = {
+    listen: [`tcp:${port}:interface=127.0.0.1`],
+    activity_timeout: 120,
+    max_message_size: 65536,
+    ...server,
+  };
+  const parts = [tomlTable('[server]', serverTable)];
+  for (const app of apps) parts.push(tomlTable('[[apps]]', app));
+  return parts.join('\n\n') + '\n';
+}
+
+/**
+ * A running soketify daemon (twistd -n soketify --config file) on a free port.
+ * Use `Daemon.start({apps, server})`; always `await daemon.stop()` in an after() hook.
+ */
+export class Daemon {
+  static async start(options = {}) {
+    const daemon = new Daemon(options);
+    try {
+      await daemon._start();
+    } catch (err) {
+      await daemon.stop().catch(() => {});
+      err.message += `\n--- daemon output ---\n${daemon.output()}`;
+      throw err;
+    }
+    return daemon;
+  }
+
+  constructor({ apps, server } = {}) {
+    this.apps = apps;
+    this.server = server;
+    this.chunks = [];
+    this.proc = null;
+    this.exited = null;
+    this.exit = null;
+  }
+
+  async _start() {
+    if (!fs.existsSync(TWISTD)) {
+      throw new Error(`twistd not found at ${TWISTD} (set SOKETIFY_VENV)`);
+    }
+    this.port = await freePort();
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-interop-'));
+    this.configPath = path.join(this.dir, 'soketify.toml');
+    fs.writeFileSync(this.configPath, renderConfig({ port: this.port, server: this.server, apps: this.apps }));
+
+    this.proc = spawn(TWISTD, ['-n', '--pidfile=', 'soketify', '--config', this.configPath], {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, PYTHONUNBUFFERED: '1' },
+    });
+    const echo = process.env.SOKETIFY_INTEROP_LOGS === '1';
+    const collect = (chunk) => {
+      this.chunks.push(chunk);
+      if (echo) process.stderr.write(chunk);
+    };
+    this.proc.stdout.on('data', collect);
+    this.proc.stderr.on('data', collect);
+    this.exited = new Promise((resolve) => {
+      this.proc.on('exit', (code, signal) => {
+        this.exit = { code, signal };
+        resolve(this.exit);
+      });
+    });
+    await this.waitReady(15000);
+  }
+
+  get baseUrl() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  wsUrl(key = APP.key, query = 'protocol=7&client=js&version=8.6.0&flash=false') {
+    return `ws://127.0.0.1:${this.port}/app/${key}${query === null ? '' : `?${query}`}`;
+  }
+
+  output() {
+    return Buffer.concat(this.chunks).toString('utf8');
+  }
+
+  async waitReady(timeout) {
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      if (this.exit) {
+        throw new Error(`daemon exited before ready: ${JSON.stringify(this.exit)}`);
+      }
+      try {
+        const res = await fetch(`${this.baseUrl}/ready`, { signal: AbortSignal.timeout(1000) });
+        await res.arrayBuffer();
+        if (res.status === 200) return;
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) throw new Error(`daemon not ready after ${timeout} ms`);
+      await delay(100);
+    }
+  }
+
+  /** Send SIGTERM (once) and resolve with {code, signal} when it exits; SIGKILL after `timeout`. */
+  async stop(timeout = 10000) {
+    if (!this.proc) return null;
+    if (!this.exit) {
+      this.proc.kill('SIGTERM');
+      try {
+        await withTimeout(this.exited, timeout, 'daemon exit after SIGTERM');
+      } catch (err) {
+        this.proc.kill('SIGKILL');
+        await this.exited;
+        this.killed = true;
+      }
+    }
+    if (this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
+    return this.exit;
+  }
+
+  /** Node server SDK (pusher 5) pointed at this daemon. */
+  sdk(app = APP, extra = {}) {
+    return new PusherServer({
+      appId: app.id,
+      key: app.key,
+      secret: app.secret,
+      host: '127.0.0.1',
+      port: String(this.port),
+      useTLS: false,
+      timeout: 5000,
+      ...extra,
+    });
+  }
+
+  /** Run operations with the Python SDK (pusher 3.3); see py_sdk.py. */
+  py(ops, app = APP) {
+    return runPySdk({ app_id: app.id, key: app.key, secret: app.secret, host: '127.0.0.1', port: this.port }, ops);
+  }
+}
+
+// ---------------------------------------------------------------- Python SDK
+
+/**
+ * Run one or several Python SDK calls in one process. `ops` is an array of
+ * {op, ...args}; resolves with an array of {ok, result} | {ok:false, error, message}.
+ */
+export function runPySdk(conn, ops, timeout = 20000) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(PYTHON, [path.join(HERE, 'py_sdk.py')], {
+      cwd: REPO_ROOT,
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeout);
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (code !== 0) {
+        reject(new Error(`py_sdk.py exited with ${code}: ${err}${out}`));
+        return;
+      }
+      try {
+        resolve(JSON.parse(out));
+      } catch (e) {
+        reject(new Error(`py_sdk.py printed invalid JSON: ${out}\n${err}`));
+      }
+    });
+    child.stdin.end(JSON.stringify({ conn, ops }));
+  });
+}
+
+/** Like runPySdk but every op must succeed; returns the results. */
+export async function pyOk(daemon, ops, app = APP) {
+  const results = await daemon.py(ops, app);
+  results.forEach((r, i) => {
+    if (!r.ok) throw new Error(`python SDK op ${JSON.stringify(ops[i])} failed: ${r.error}: ${r.message}`);
+  });
+  return results.map((r) => r.result);
+}
+
+// ---------------------------------------------------------------- REST signing
+
+/**
+ * Send a REST request signed as PROTOCOL.md section 7 describes, for requests the SDKs
+ * refuse to build. Returns {status, text, json}.
+ */
+export async function signedRequest(
+  daemon,
+  { method = 'POST', path: reqPath, query = {}, body, app = APP, timestamp, signatureOverride } = {},
+) {
+  const bodyText = body === undefined ? '' : typeof body === 'string' ? body : JSON.stringify(body);
+  const params = {
+    auth_key: app.key,
+    auth_timestamp: String(timestamp ?? Math.floor(Date.now() / 1000)),
+    auth_version: '1.0',
+    ...query,
+  };
+  if (bodyText.length > 0) params.body_md5 = crypto.createHash('md5').update(bodyText, 'utf8').digest('hex');
+  const keys = Object.keys(params).sort((a, b) => (a.toLowerCase() < b.toLowerCase() ? -1 : a.toLowerCase() > b.toLowerCase() ? 1 : 0));
+  const toSign = [method, reqPath, keys.map((k) => `${k.toLowerCase()}=${params[k]}`).join('&')].join('\n');
+  const signature = signatureOverride ?? crypto.createHmac('sha256', app.secret).update(toSign).digest('hex');
+  const qs = [...keys.map((k) => `${encodeURIComponent(k)}=${encodeURIComponent(params[k])}`), `auth_signature=${signature}`].join('&');
+  const res = await fetch(`${daemon.baseUrl}${reqPath}?${qs}`, {
+    method,
+    body: bodyText.length > 0 ? bodyText : undefined,
+    headers: bodyText.length > 0 ? { 'content-type': 'application/json' } : {},
+    signal: AbortSignal.timeout(5000),
+  });
+  const text = await res.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.status, text, json, headers: res.headers };
+}
+
+/** Await a Node SDK call expected to fail; returns the RequestError (status, body). */
+export async function sdkError(promise) {
+  try {
+    const res = await promise;
+    const text = await res.text();
+    throw new Error(`expected the request to fail, got ${res.status}: ${text}`);
+  } catch (err) {
+    if (err && err.name === 'PusherRequestError') return err;
+    throw err;
+  }
+}
+
+// ---------------------------------------------------------------- raw ws client
+
+/** Parse a frame's `data` the way pusher-js does: JSON strings are decoded, other strings kept. */
+export function parseData(data) {
+  if (typeof data !== 'string') return data;
+  try {
+    return JSON.parse(data);
+  } catch {
+    return data;
+  }
+}
+
+/**
+ * A plain `ws` WebSocket speaking the Pusher protocol by hand. Messages are kept in
+ * `inbox` as {event, channel, data, raw, parsed}; `closed` resolves with {code, reason}.
+ */
+export class RawClient {
+  static open(url, { label = 'raw client' } = {}) {
+    return new RawClient(url, label);
+  }
+
+  /** Open and wait for pusher:connection_established; resolves with the client. */
+  static async connect(daemon, { key = APP.key, label } = {}) {
+    const client = new RawClient(daemon.wsUrl(key), label ?? `raw client (${key})`);
+    const established = await client.waitEvent('pusher:connection_established');
+    client.socketId = established.data.socket_id;
+    client.activityTimeout = established.data.activity_timeout;
+    return client;
+  }
+
+  constructor(url, label) {
+    this.label = label;
+    this.inbox = new Inbox(label);
+    this.close = null;
+    this.httpResponse = null;
+    this.ws = new WebSocket(url, { perMessageDeflate: false });
+    this.opened = new Promise((resolve) => this.ws.once('open', resolve));
+    this.closed = new Promise((resolve) => {
+      this.ws.on('close', (code, reason) => {
+        this.close = { code, reason: reason.toString('utf8') };
+        this.inbox.fail(new Error(`${label}: connection closed (${code} ${this.close.reason}) while waiting`));
+        resolve(this.close);
+      });
+    });
+    this.ws.on('error', (err) => {
+      // A refused HTTP upgrade surfaces as an error, followed by close 1006.
+      this.error = err;
+      const m = /Unexpected server response: (\d+)/.exec(err.message);
+      if (m) this.httpResponse = { status: Number(m[1]) };
+    });
+    this.ws.on('message', (raw, isBinary) => {
+      const text = raw.toString('utf8');
+      let parsed;
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        parsed = undefined;
+      }
+      const msg = {
+        raw: text,
+        binary: isBinary,
+        parsed,
+        event: parsed && parsed.event,
+        channel: parsed && parsed.channel,
+        data: parsed ? parseData(parsed.data) : undefined,
+      };
+      this.inbox.push(msg);
+    });
+  }
+
+  get messages() {
+    return this.inbox.items;
+  }
+
+  send(obj) {
+    this.ws.send(typeof obj === 'string' || Buffer.isBuffer(obj) ? obj : JSON.stringify(obj));
+  }
+
+  waitEvent(event, { channel, timeout, pred = () => true, from } = {}) {
+    return this.inbox.waitFor(
+      (m) => m.event === event && (channel === undefined || m.channel === channel) && pred(m),
+      { timeout, from, what: `${event}${channel ? ` on ${channel}` : ''}` },
+    );
+  }
+
+  waitClose(timeout = DEFAULT_TIMEOUT) {
+    return withTimeout(this.closed, timeout, `${this.label} to be closed`);
+  }
+
+  async subscribe(channel, timeout) {
+    this.send({ event: 'pusher:subscribe', data: { auth: '', channel } });
+    return this.waitEvent('pusher_internal:subscription_succeeded', { channel, timeout });
+  }
+
+  /**
+   * Round trip: ping and wait for the matching pong. The server handles a connection's
+   * frames in order, so every frame sent before has been processed when this resolves.
+   */
+  async sync(timeout) {
+    const from = this.inbox.items.length;
+    this.send({ event: 'pusher:ping', data: {} });
+    return this.waitEvent('pusher:pong', { timeout, from });
+  }
+
+  terminate() {
+    if (this.ws.readyState !== WebSocket.CLOSED) this.ws.terminate();
+  }
+}
+
+// ---------------------------------------------------------------- pusher-js
+
+/** Connect an unmodified pusher-js 8 client to the daemon; resolves once 'connected'. */
+export async function connectPusherJs(daemon, { key = APP.key, timeout = DEFAULT_TIMEOUT, ...options } = {}) {
+  const client = new PusherJS(key, {
+    cluster: 'mt1',
+    wsHost: '127.0.0.1',
+    wsPort: daemon.port,
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    disableStats: true,
+    ...options,
+  });
+  try {
+    await withTimeout(
+      new Promise((resolve, reject) => {
+        const onState = ({ current }) => {
+          if (current === 'connected') resolve();
+          if (current === 'failed' || current === 'unavailable') reject(new Error(`pusher-js state ${current}`));
+        };
+        if (client.connection.state === 'connected') resolve();
+        client.connection.bind('state_change', onState);
+      }),
+      timeout,
+      'pusher-js to reach state connected',
+    );
+  } catch (err) {
+    client.disconnect();
+    throw err;
+  }
+  return client;
+}
+
+/**
+ * Subscribe with pusher-js and record every event on the channel in an Inbox
+ * ({event, data}); resolves with {channel, inbox} after pusher:subscription_succeeded.
+ */
+export async function subscribePusherJs(client, name, timeout = DEFAULT_TIMEOUT) {
+  const channel = client.subscribe(name);
+  const inbox = new Inbox(`pusher-js ${client.connection.socket_id} on ${name}`);
+  channel.bind_global((event, data) => inbox.push({ event, data }));
+  const outcome = await inbox.waitFor(
+    (e) => e.event === 'pusher:subscription_succeeded' || e.event === 'pusher:subscription_error',
+    { timeout, what: `subscription outcome on ${name}` },
+  );
+  if (outcome.event === 'pusher:subscription_error') {
+    throw new Error(`subscription to ${name} failed: ${JSON.stringify(outcome.data)}`);
+  }
+  return { channel, inbox };
+}
+
+/**
+ * The Pusher error code in a pusher-js connection 'error' event: {type:'PusherError', data:{code}}
+ * after the handshake, wrapped as {type:'WebSocketError', error:{type:'PusherError', data}} during it.
+ */
+export function pusherJsErrorCode(err) {
+  if (!err) return undefined;
+  if (err.data && err.data.code !== undefined) return err.data.code;
+  if (err.error && err.error.data) return err.error.data.code;
+  return undefined;
+}
+
+/** A name unique within this process, usable as a channel name. */
+let counter = 0;
+export function uniqueName(prefix) {
+  counter += 1;
+  return `${prefix}-${process.pid}-${counter}`;
+}
