@@ -7,8 +7,10 @@ Once decided, the chosen protocol takes the sniffer's place on the transport.
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 WEBSOCKET_PATH_PREFIX = b"/app/"
 # Longer than any sane request line: give up rather than buffer without end.
@@ -59,6 +61,7 @@ class FirstLineSwitch(Protocol):
             self._chosen.connectionLost(reason)
 
 
+@implementer(IProtocolNegotiationFactory)
 class SwitchFactory(Factory):
     def __init__(self, websocket_factory, site: Site):
         self.websocket = websocket_factory
@@ -74,6 +77,11 @@ class SwitchFactory(Factory):
 
     def buildProtocol(self, addr):
         return FirstLineSwitch(self, addr)
+
+    def acceptableProtocols(self):
+        """ALPN over TLS: both WebSocket and the REST API speak HTTP/1.1. Without an answer here,
+        Twisted fails the TLS handshake of every client that offers ALPN (browsers, curl)."""
+        return [b"http/1.1"]
 
 
 class LimitedRequest(Request):

@@ -7,7 +7,7 @@
 //   SOKETIFY_PYTHON  python used for py_sdk.py (default: <venv>/bin/python)
 //   SOKETIFY_INTEROP_LOGS=1  echo daemon output to stderr while tests run
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -182,9 +182,13 @@ export function appConfig(overrides = {}) {
   };
 }
 
-export function renderConfig({ port, server = {}, apps = [appConfig()] }) {
+export function renderConfig({ port, server = {}, apps = [appConfig()], tls = null }) {
+  const listen = [`tcp:${port}:interface=127.0.0.1`];
+  if (tls) {
+    listen.push(`ssl:${tls.port}:interface=127.0.0.1:privateKey=${tls.key}:certKey=${tls.cert}`);
+  }
   const serverTable = {
-    listen: [`tcp:${port}:interface=127.0.0.1`],
+    listen,
     activity_timeout: 120,
     max_message_size: 65536,
     ...server,
@@ -211,9 +215,11 @@ export class Daemon {
     return daemon;
   }
 
-  constructor({ apps, server } = {}) {
+  /** `tls: true` also listens with TLS on `tlsPort`, with a fresh self-signed cert (`tlsCert`). */
+  constructor({ apps, server, tls = false } = {}) {
     this.apps = apps;
     this.server = server;
+    this.tls = tls;
     this.chunks = [];
     this.proc = null;
     this.exited = null;
@@ -227,7 +233,15 @@ export class Daemon {
     this.port = await freePort();
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-interop-'));
     this.configPath = path.join(this.dir, 'soketify.toml');
-    fs.writeFileSync(this.configPath, renderConfig({ port: this.port, server: this.server, apps: this.apps }));
+    let tls = null;
+    if (this.tls) {
+      this.tlsPort = await freePort();
+      tls = { port: this.tlsPort, key: path.join(this.dir, 'tls.key'), cert: path.join(this.dir, 'tls.crt') };
+      const made = spawnSync(PYTHON, [path.join(HERE, 'make_cert.py'), tls.key, tls.cert], { encoding: 'utf8' });
+      if (made.status !== 0) throw new Error(`make_cert.py failed: ${made.stderr}`);
+      this.tlsCert = tls.cert;
+    }
+    fs.writeFileSync(this.configPath, renderConfig({ port: this.port, server: this.server, apps: this.apps, tls }));
 
     this.proc = spawn(TWISTD, ['-n', '--pidfile=', 'soketify', '--config', this.configPath], {
       cwd: REPO_ROOT,
@@ -311,9 +325,13 @@ export class Daemon {
     });
   }
 
-  /** Run operations with the Python SDK (pusher 3.3); see py_sdk.py. */
-  py(ops, app = APP) {
-    return runPySdk({ app_id: app.id, key: app.key, secret: app.secret, host: '127.0.0.1', port: this.port }, ops);
+  /** Run operations with the Python SDK (pusher 3.3); see py_sdk.py. `tls` uses the TLS port. */
+  py(ops, app = APP, { tls = false } = {}) {
+    const conn = {
+      app_id: app.id, key: app.key, secret: app.secret, host: '127.0.0.1',
+      port: tls ? this.tlsPort : this.port, ssl: tls, ca_file: tls ? this.tlsCert : null,
+    };
+    return runPySdk(conn, ops);
   }
 }
 

@@ -2,7 +2,8 @@
 
 Reads one JSON document from stdin:
 
-    {"conn": {"app_id": "...", "key": "...", "secret": "...", "host": "127.0.0.1", "port": 1234},
+    {"conn": {"app_id": "...", "key": "...", "secret": "...", "host": "127.0.0.1", "port": 1234,
+              "ssl": false, "ca_file": null},
      "ops": [{"op": "trigger", "channels": ["a"], "event": "e", "data": {...}, "socket_id": null},
              {"op": "trigger_batch", "batch": [{"channel": "a", "name": "e", "data": "..."}]},
              {"op": "channels_info", "prefix_filter": "p", "attributes": []},
@@ -19,6 +20,7 @@ import sys
 
 import pusher
 from pusher import errors
+from pusher.requests import RequestsBackend
 
 STATUS_BY_ERROR = {
     errors.PusherBadRequest: 400,
@@ -53,16 +55,29 @@ def status_of(exc):
     return None
 
 
+class TrustedCABackend(RequestsBackend):
+    """The SDK pins its own CA bundle for https; a self-hosted server may use a private CA."""
+
+    ca_file = None
+
+    def __init__(self, client, **options):
+        super().__init__(client, **options)
+        if self.ca_file:
+            self.options["verify"] = self.ca_file
+
+
 def main():
     request = json.load(sys.stdin)
     conn = request["conn"]
+    TrustedCABackend.ca_file = conn.get("ca_file")
     client = pusher.Pusher(
+        backend=TrustedCABackend,
         app_id=conn["app_id"],
         key=conn["key"],
         secret=conn["secret"],
         host=conn.get("host", "127.0.0.1"),
         port=int(conn["port"]),
-        ssl=False,
+        ssl=bool(conn.get("ssl", False)),
         timeout=conn.get("timeout", 5),
     )
     results = []
