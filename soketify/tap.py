@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 from twisted.application import service, strports
@@ -129,4 +130,11 @@ def makeService(options, reactor=None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor
     config = options["loaded"] if "loaded" in options else load_default(options.get("config"))
+    reactor.callWhenRunning(_freeze_startup_objects)
     return SoketifyService(config, reactor)
+
+
+def _freeze_startup_objects() -> None:
+    """Start-up objects live forever: keep the cyclic collector from scanning them again and again."""
+    gc.collect()
+    gc.freeze()

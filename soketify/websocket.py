@@ -140,7 +140,11 @@ class PusherServerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean, code, reason):
         if self.socket_id is not None and self in self.factory.connections:
             self.factory.connections.discard(self)
-            self.factory.hub.disconnect(self)
+            try:
+                self.factory.hub.disconnect(self)
+            except Exception:
+                self._log.failure("Error forgetting closed connection {socket_id}",
+                                  socket_id=self.socket_id)
 
     # -- the connection interface the hub uses ------------------------------------------------
 
