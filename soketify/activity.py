@@ -1,7 +1,8 @@
-"""One reactor-wide sweep instead of a timer per connection (PROTOCOL.md section 2).
+"""One reactor-wide sweep instead of a timer per connection (PROTOCOL.md sections 2 and 6).
 
 A connection silent for ``activity_timeout`` seconds gets a server ``pusher:ping``; if nothing at all
-arrives within ``pong_timeout`` after that, it is closed with 4201 so the client reconnects.
+arrives within ``pong_timeout`` after that, it is closed with 4201 so the client reconnects. Connections
+that must be authorized and are not by their deadline are closed with 4009.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from soketify import protocol
 
 
 class ActivityMonitor:
-    def __init__(self, clock, connections, activity_timeout: float, pong_timeout: float):
+    def __init__(self, clock, connections, activity_timeout: float, pong_timeout: float,
+                 authorization_overdue=lambda connection, now: False, shortest_deadline=None):
         self._clock = clock
+        self._authorization_overdue = authorization_overdue
         self._connections = connections
         self.activity_timeout = activity_timeout
         self.pong_timeout = pong_timeout
         # Often enough that a ping or close is at most a few seconds late.
-        self.interval = max(1.0, min(activity_timeout, pong_timeout) / 6)
+        deadlines = [activity_timeout, pong_timeout]
+        if shortest_deadline:
+            deadlines.append(shortest_deadline)
+        self.interval = max(0.5, min(deadlines) / 6)
         self._loop = LoopingCall(self.sweep)
         self._loop.clock = clock
 
@@ -33,6 +39,11 @@ class ActivityMonitor:
         now = self._clock.seconds()
         ping = None
         for connection in list(self._connections):
+            if self._authorization_overdue(connection, now):
+                connection.send(protocol.error(protocol.UNAUTHORIZED, "Authorization timeout"))
+                connection.close(protocol.UNAUTHORIZED, "Sign in or join a private or presence "
+                                 "channel sooner")
+                continue
             pinged = connection.ping_sent_at
             if pinged is not None and connection.last_activity >= pinged:
                 connection.ping_sent_at = pinged = None

@@ -47,6 +47,12 @@ class LimitsConfig:
     max_event_name_length: int = 200
     max_request_body_bytes: int = 1024 * 1024
     max_timestamp_skew: int = 600
+    max_presence_members: int = 100
+    max_user_info_bytes: int = 1024
+    max_user_id_length: int = 128
+    max_client_events_per_second: int = 10
+    max_watchlist_size: int = 100
+    cache_ttl: int = 1800
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,9 @@ class AppConfig:
     max_connections: int = 0
     client_events: bool = True
     authorized_connections: bool = False
+    # Seconds a connection of an app with authorized_connections has to sign in (or join a private
+    # or presence channel) before it is closed with 4009.
+    authorization_timeout: int = 30
     subscription_count: bool = False
 
 

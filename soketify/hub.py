@@ -1,14 +1,15 @@
-"""The node's view of all apps: connections, subscriptions, publishing and channel queries.
+"""The node's view of all apps: connections, subscriptions, users, publishing and channel queries.
 
 A connection, for the hub, is a small object with ``socket_id``, ``app`` (its AppConfig), ``channels``
-(a set of names), ``send(text)`` for a frame meant for it alone, ``write_frame(frame)`` for an
-already-framed shared event and ``close(code, reason)``. The hub never imports the WebSocket layer:
-``frame`` (text -> wire bytes) is injected, so an event is encoded and framed once, whatever the number
-of subscribers.
+(a set of names), ``user_id``/``user_info``/``watchlist`` once signed in, ``send(text)`` for a frame meant
+for it alone, ``write_frame(frame)`` for an already-framed shared event and ``close(code, reason)``.
+The hub never imports the WebSocket layer: ``frame`` (text -> wire bytes) is injected, so an event is
+encoded and framed once, whatever the number of subscribers.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from itertools import count
@@ -16,11 +17,13 @@ from typing import Any, Callable, Iterable
 
 from twisted.logger import Logger
 
-from soketify import protocol, signing
+from soketify import client_events, protocol, signing, subscriptions
 from soketify.apps import AppRegistry
+from soketify.cache import ChannelCache
 from soketify.channels import AppChannels
 from soketify.config import AppConfig, LimitsConfig
 from soketify.subscription_counts import SubscriptionCountAnnouncer
+from soketify.users import Users
 
 log = Logger()
 
@@ -40,6 +43,7 @@ class Hub:
                  limits: LimitsConfig, clock, node_number: int | None = None):
         self.apps = apps
         self.limits = limits
+        self.clock = clock
         self._frame = frame
         self._cluster = cluster
         cluster.attach(self)
@@ -49,18 +53,25 @@ class Hub:
         self._channels: dict[str, AppChannels] = {app.id: AppChannels() for app in apps}
         self._connection_counts: dict[str, int] = {app.id: 0 for app in apps}
         self._counts = SubscriptionCountAnnouncer(clock, self._announce_subscription_count)
+        self.cache = ChannelCache(clock, limits.cache_ttl)
+        self.users = Users(self._send_watchlist_events)
         self._handlers: dict[str, Callable[[Any, protocol.ClientMessage], None]] = {
             protocol.PING: self._on_ping,
             protocol.PONG: self._on_pong,
             protocol.SUBSCRIBE: self._on_subscribe,
             protocol.UNSUBSCRIBE: self._on_unsubscribe,
+            protocol.SIGNIN: self._on_signin,
         }
 
-    # -- connections -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.cache.start()
 
     def stop(self) -> None:
-        """Cancel pending timers (the service is stopping)."""
+        """Cancel timers (the service is stopping)."""
         self._counts.stop()
+        self.cache.stop()
+
+    # -- connections -------------------------------------------------------------------------
 
     def new_socket_id(self) -> str:
         return f"{self._node_number}.{next(self._socket_numbers)}"
@@ -80,14 +91,22 @@ class Hub:
         self._connection_counts[connection.app.id] += 1
 
     def disconnect(self, connection) -> None:
-        """Forget a closed connection: leave its channels and free its place in the quota."""
+        """Forget a closed connection: leave its channels, sign it out, free its quota place."""
         app = connection.app
         self._connection_counts[app.id] -= 1
-        for channel in self._channels[app.id].remove_connection(connection):
-            self._subscribers_changed(app, channel.name, channel.subscription_count)
+        for left in self._channels[app.id].remove_connection(connection):
+            self._left(app, left)
+        if connection.user_id is not None:
+            self.users.sign_out(app.id, connection)
 
     def connection_count(self, app_id: str) -> int:
         return self._connection_counts.get(app_id, 0)
+
+    def authorization_overdue(self, connection, now: float) -> bool:
+        """An app requiring authorized connections closes those not authorized in time."""
+        app = connection.app
+        return (app.authorized_connections and not connection.authorized
+                and now - connection.connected_at >= app.authorization_timeout)
 
     # -- client frames -----------------------------------------------------------------------
 
@@ -99,9 +118,8 @@ class Hub:
         handler = self._handlers.get(message.event)
         if handler is not None:
             handler(connection, message)
-        elif message.event.startswith("client-"):
-            connection.send(protocol.error(
-                protocol.CLIENT_EVENT_REJECTED, "Client events are not supported by this server yet"))
+        elif message.event.startswith(client_events.CLIENT_EVENT_PREFIX):
+            self._on_client_event(connection, message)
         else:
             connection.send(protocol.error(None, f"Unsupported event {message.event!r}"))
 
@@ -118,32 +136,49 @@ class Hub:
             connection.send(protocol.error(None, "pusher:subscribe needs data.channel"))
             return
         problem = protocol.channel_name_problem(name, self.limits.max_channel_name_length)
-        if problem is None:
-            problem = self._auth_problem(connection, name, data)
-            status = 401
-        else:
-            status = 400
         if problem is not None:
-            connection.send(protocol.subscription_error(
-                name, "AuthError" if status == 401 else "InvalidChannel", problem, status))
+            connection.send(protocol.subscription_error(name, "InvalidChannel", problem, 400))
             return
-        channel, new = self._channels[connection.app.id].subscribe(connection, name)
+        app = connection.app
+        decision = subscriptions.authorize(app, self.limits, connection, name, data)
+        app_channels = self._channels[app.id]
+        if isinstance(decision, subscriptions.Grant) and decision.member is not None:
+            user_id = decision.member[0]
+            limit = self.limits.max_presence_members
+            if (app_channels.would_add_member(name, user_id)
+                    and app_channels.member_count(name) >= limit):
+                decision = subscriptions.Refusal(
+                    "LimitReached", f"Presence channel {name!r} already has {limit} members",
+                    protocol.OVER_CAPACITY)
+        if isinstance(decision, subscriptions.Refusal):
+            connection.send(protocol.subscription_error(name, decision.kind, decision.message,
+                                                        decision.status))
+            return
+        if protocol.needs_auth(name):
+            connection.authorized = True
+        presence = protocol.is_presence(name)
+        result = app_channels.subscribe(connection, name, decision.member, presence)
+        channel = result.channel
         # A repeated subscribe is answered again but counted once.
-        connection.send(protocol.subscription_succeeded(name))
-        if new:
-            self._subscribers_changed(connection.app, name, channel.subscription_count)
+        connection.send(protocol.subscription_succeeded(
+            name, channel.presence_data() if presence else None))
+        if result.member_added is not None:
+            member = result.member_added
+            frame = self._frame(protocol.encode(
+                protocol.MEMBER_ADDED, {"user_id": member.user_id, "user_info": member.user_info},
+                name))
+            self.deliver(app.id, name, frame, connection.socket_id)
+        if protocol.is_cache(name):
+            self._replay_cache(connection, app, name)
+        if result.new:
+            self._subscribers_changed(app, name, channel.subscription_count)
 
-    def _auth_problem(self, connection, name: str, data: dict) -> str | None:
-        kind = protocol.channel_type(name)
-        if kind in ("public", "cache"):
-            return None
-        if kind == "private" or kind == "private-encrypted":
-            app = connection.app
-            if signing.verify_channel_auth(app.key, app.secret, connection.socket_id, name,
-                                           data.get("auth")):
-                return None
-            return f"Invalid signature for channel {name!r} and socket {connection.socket_id}"
-        return f"Channels of type {kind!r} are not supported by this server yet"
+    def _replay_cache(self, connection, app: AppConfig, name: str) -> None:
+        cached = self.cache.get(app.id, name)
+        if cached is not None:
+            connection.write_frame(cached.frame)
+        else:
+            connection.send(protocol.encode(protocol.CACHE_MISS, channel=name))
 
     def _on_unsubscribe(self, connection, message) -> None:
         data = message.data
@@ -151,9 +186,95 @@ class Hub:
         if not isinstance(name, str):
             connection.send(protocol.error(None, "pusher:unsubscribe needs data.channel"))
             return
-        channel = self._channels[connection.app.id].unsubscribe(connection, name)
-        if channel is not None:
-            self._subscribers_changed(connection.app, name, channel.subscription_count)
+        left = self._channels[connection.app.id].unsubscribe(connection, name)
+        if left is not None:
+            self._left(connection.app, left)
+
+    def _left(self, app: AppConfig, left) -> None:
+        """After a connection left a channel: tell the remaining members and counters."""
+        name = left.channel.name
+        if left.member_removed is not None:
+            frame = self._frame(protocol.encode(
+                protocol.MEMBER_REMOVED, {"user_id": left.member_removed.user_id}, name))
+            self.deliver(app.id, name, frame, None)
+        self._subscribers_changed(app, name, left.channel.subscription_count)
+
+    def _on_client_event(self, connection, message) -> None:
+        app = connection.app
+        name, channel, data = message.event, message.channel, message.data
+        why = client_events.refusal(app, self.limits, connection, name, channel, data,
+                                    self.clock.seconds())
+        if why is not None:
+            connection.send(protocol.error(protocol.CLIENT_EVENT_REJECTED, why))
+            return
+        user_id = connection_user_id_on(self._channels[app.id], channel, connection)
+        frame = self._frame(protocol.event(name, channel, data, user_id))
+        self._cluster.publish(app.id, channel, frame, connection.socket_id)
+
+    # -- users -------------------------------------------------------------------------------
+
+    def _on_signin(self, connection, message) -> None:
+        app = connection.app
+        data = message.data if isinstance(message.data, dict) else {}
+        user_data, auth = data.get("user_data"), data.get("auth")
+        if not isinstance(user_data, str) or not signing.verify_user_auth(
+                app.key, app.secret, connection.socket_id, user_data, auth):
+            self._refuse_signin(connection, "Invalid signature for user_data and this socket")
+            return
+        try:
+            user = json.loads(user_data)
+        except ValueError:
+            user = None
+        user_id = user.get("id") if isinstance(user, dict) else None
+        if not isinstance(user_id, str) or not user_id:
+            self._refuse_signin(connection, "user_data must be a JSON object with a non-empty string id")
+            return
+        if len(user_id) > self.limits.max_user_id_length:
+            self._refuse_signin(connection, f"user id is longer than {self.limits.max_user_id_length}")
+            return
+        if connection.user_id is not None:
+            if connection.user_id != user_id:
+                self._refuse_signin(connection, "This connection is already signed in as another user")
+            else:
+                connection.send(protocol.encode(protocol.SIGNIN_SUCCESS, {"user_data": user_data}))
+            return
+        watchlist = user.get("watchlist") or []
+        if not isinstance(watchlist, list) or not all(isinstance(w, str) and w for w in watchlist):
+            self._refuse_signin(connection, "user_data.watchlist must be a list of user ids")
+            return
+        connection.user_id = user_id
+        connection.user_info = user.get("user_info")
+        connection.authorized = True
+        connection.send(protocol.encode(protocol.SIGNIN_SUCCESS, {"user_data": user_data}))
+        limit = self.limits.max_watchlist_size
+        if len(watchlist) > limit:
+            # Sign-in still succeeds; the watchlist is refused.
+            connection.send(protocol.error(protocol.WATCHLIST_TOO_LONG,
+                                           f"The watchlist has more than {limit} user ids"))
+            watchlist = []
+        connection.watchlist = tuple(dict.fromkeys(watchlist))
+        self.users.sign_in(app.id, connection, user_id, connection.watchlist)
+
+    def _refuse_signin(self, connection, why: str) -> None:
+        connection.send(protocol.error(protocol.UNAUTHORIZED, why))
+        connection.close(protocol.UNAUTHORIZED, why)
+
+    def _send_watchlist_events(self, connection, events: list[dict]) -> None:
+        connection.send(protocol.encode(protocol.WATCHLIST_EVENTS, {"events": events}))
+
+    def terminate_user(self, app_id: str, user_id: str):
+        """Deferred: every connection of this user, on every node, closed with 4009."""
+        return self._cluster.terminate_user(app_id, user_id)
+
+    def local_terminate_user(self, app_id: str, user_id: str) -> int:
+        """Close every connection of this user on this node with 4009; returns how many."""
+        connections = self.users.connections_of(app_id, user_id)
+        for connection in connections:
+            connection.send(protocol.error(protocol.UNAUTHORIZED, "Connections of this user terminated"))
+            connection.close(protocol.UNAUTHORIZED, "Connections of this user terminated")
+        return len(connections)
+
+    # -- subscription counts -----------------------------------------------------------------
 
     def _subscribers_changed(self, app: AppConfig, name: str, count: int) -> None:
         if app.subscription_count and not protocol.is_presence(name):
@@ -173,6 +294,8 @@ class Hub:
         """A server-triggered event: encoded and framed once per channel, then sent cluster-wide."""
         for channel in channels:
             frame = self._frame(protocol.event(name, channel, data))
+            if protocol.is_cache(channel):
+                self.cache.put(app_id, channel, name, data, frame)
             self._cluster.publish(app_id, channel, frame, except_socket_id)
 
     def deliver(self, app_id: str, channel_name: str, frame: bytes,
@@ -197,14 +320,31 @@ class Hub:
         """Deferred of {name: ChannelStats} for every occupied channel with the prefix."""
         return self._cluster.occupied_channels(app_id, prefix)
 
+    def channel_members(self, app_id: str, name: str):
+        """Deferred of the user ids present on a presence channel, cluster-wide."""
+        return self._cluster.channel_members(app_id, name)
+
     def local_channel_stats(self, app_id: str, names: Iterable[str]) -> dict[str, ChannelStats]:
         app_channels = self._channels[app_id]
         stats = {}
         for name in names:
             channel = app_channels.get(name)
-            stats[name] = ChannelStats(channel.subscription_count if channel else 0)
+            stats[name] = (ChannelStats(channel.subscription_count, channel.user_count)
+                           if channel else ChannelStats(0, 0))
         return stats
 
     def local_occupied_channels(self, app_id: str, prefix: str) -> dict[str, ChannelStats]:
-        return {channel.name: ChannelStats(channel.subscription_count)
+        return {channel.name: ChannelStats(channel.subscription_count, channel.user_count)
                 for channel in self._channels[app_id].occupied(prefix)}
+
+    def local_channel_members(self, app_id: str, name: str) -> list[str]:
+        channel = self._channels[app_id].get(name)
+        return list(channel.members) if channel is not None and channel.members else []
+
+
+def connection_user_id_on(app_channels: AppChannels, name: str, connection) -> str | None:
+    """The user a connection joined a presence channel as (client events carry it), else None."""
+    channel = app_channels.get(name)
+    if channel is None or channel.user_of_socket is None:
+        return None
+    return channel.user_of_socket.get(connection.socket_id)

@@ -22,6 +22,12 @@ SIGNIN = "pusher:signin"
 SUBSCRIPTION_SUCCEEDED = "pusher_internal:subscription_succeeded"
 SUBSCRIPTION_ERROR = "pusher:subscription_error"
 SUBSCRIPTION_COUNT = "pusher_internal:subscription_count"
+MEMBER_ADDED = "pusher_internal:member_added"
+MEMBER_REMOVED = "pusher_internal:member_removed"
+CACHE_MISS = "pusher:cache_miss"
+SIGNIN_SUCCESS = "pusher:signin_success"
+WATCHLIST_EVENTS = "pusher_internal:watchlist_events"
+SERVER_TO_USER_PREFIX = "#server-to-user-"
 
 SUPPORTED_PROTOCOLS = frozenset((5, 6, 7))
 

@@ -18,7 +18,7 @@ from soketify.config import AppConfig, LimitsConfig
 log = Logger()
 
 EVENT_INFO = frozenset(("user_count", "subscription_count"))
-CHANNEL_INFO = frozenset(("user_count", "subscription_count"))
+CHANNEL_INFO = frozenset(("user_count", "subscription_count", "cache"))
 CHANNELS_INFO = frozenset(("user_count", "subscription_count"))
 
 
@@ -93,15 +93,25 @@ class RestApi:
 
     # -- authentication ------------------------------------------------------------------------
 
-    def _authenticate(self, request, app_id: str) -> tuple[AppConfig, bytes]:
-        """Check the request signature; returns the app and the raw body."""
-        app = self.hub.apps.by_id(app_id)
-        if app is None:
-            raise ApiError(404, f"Unknown app {app_id!r}")
+    @staticmethod
+    def _query(request) -> dict[str, str]:
+        query = request.uri.partition(b"?")[2].decode("utf-8", "replace")
+        return dict(parse_qsl(query, keep_blank_values=True))
+
+    def _authenticate(self, request, app_id: str | None) -> tuple[AppConfig, bytes]:
+        """Check the request signature; returns the app and the raw body. Without an app id in the
+        path (the Python SDK's terminate_connections), the app is the one owning auth_key."""
+        params = self._query(request)
+        if app_id is None:
+            app = self.hub.apps.by_key(params.get("auth_key", ""))
+            if app is None:
+                raise ApiError(401, "auth_key does not belong to any app")
+        else:
+            app = self.hub.apps.by_id(app_id)
+            if app is None:
+                raise ApiError(404, f"Unknown app {app_id!r}")
         if getattr(request, "body_too_large", False):
             raise ApiError(413, "Request body is too large")
-        query = request.uri.partition(b"?")[2].decode("utf-8", "replace")
-        params = dict(parse_qsl(query, keep_blank_values=True))
         if params.get("auth_key") != app.key:
             raise ApiError(401, "auth_key is missing or does not belong to this app")
         try:
@@ -250,4 +260,33 @@ class RestApi:
         stats = (await self.hub.channel_stats(app.id, [channel]))[channel]
         body = {"occupied": stats.occupied}
         body.update(self._stats_body(channel, stats, info))
+        if "cache" in info:
+            cached = self.hub.cache.get(app.id, channel)
+            body["cache"] = None if cached is None else {
+                "event": cached.name, "data": cached.data, "ttl": self.hub.cache.seconds_left(cached)}
         return _json(request, 200, body)
+
+    @app.route("/apps/<string:app_id>/channels/<string:channel>/users", methods=["GET"])
+    async def channel_users(self, request, app_id, channel):
+        app, _ = self._authenticate(request, app_id)
+        if not protocol.is_presence(channel):
+            raise ApiError(400, "Users can only be listed on presence channels")
+        problem = protocol.channel_name_problem(channel, self.limits.max_channel_name_length)
+        if problem is not None:
+            raise ApiError(400, problem)
+        members = await self.hub.channel_members(app.id, channel)
+        return _json(request, 200, {"users": [{"id": user_id} for user_id in members]})
+
+    # -- users ---------------------------------------------------------------------------------
+
+    @app.route("/apps/<string:app_id>/users/<string:user_id>/terminate_connections",
+               methods=["POST"])
+    async def terminate_connections(self, request, app_id, user_id):
+        app, _ = self._authenticate(request, app_id)
+        await self.hub.terminate_user(app.id, user_id)
+        return _json(request, 200, {})
+
+    @app.route("/users/<string:user_id>/terminate_connections", methods=["POST"])
+    async def terminate_connections_by_key(self, request, user_id):
+        """The path the Python SDK 3.3 posts to: no /apps/{id} prefix, the app comes from auth_key."""
+        return await self.terminate_connections(request, None, user_id)

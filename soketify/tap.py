@@ -67,8 +67,11 @@ class SoketifyService(service.MultiService):
             self.hub, reactor, server.activity_timeout, server.max_message_size,
             server.max_send_buffer)
         autobahn_tuning.options_on_class(self.websocket)
+        auth_timeouts = [a.authorization_timeout for a in config.apps if a.authorized_connections]
         self.activity = ActivityMonitor(reactor, self.websocket.connections,
-                                        server.activity_timeout, server.pong_timeout)
+                                        server.activity_timeout, server.pong_timeout,
+                                        self.hub.authorization_overdue,
+                                        min(auth_timeouts) if auth_timeouts else None)
         api = RestApi(self.hub, reactor, config.limits, lambda: self.ready)
         site = ApiSite(api.resource(), config.limits.max_request_body_bytes, reactor=reactor)
         self.listeners = []
@@ -84,6 +87,7 @@ class SoketifyService(service.MultiService):
                      "secret 'app-secret'). These credentials are public; do not use them in "
                      "production.")
         super().startService()
+        self.hub.start()
         self.activity.start()
         self.ready = True
         log.info("Soketify listening on {listen}", listen=", ".join(self.config.server.listen))

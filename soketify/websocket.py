@@ -57,6 +57,14 @@ class PusherServerProtocol(WebSocketServerProtocol):
     channels: set | None = None
     last_activity = 0.0
     ping_sent_at: float | None = None
+    # Per-connection state with shared defaults: it costs memory only once it is set.
+    user_id: str | None = None
+    user_info = None
+    watchlist: tuple = ()
+    authorized = False
+    connected_at = 0.0
+    client_event_window = 0.0
+    client_events_in_window = 0
     _refusal: tuple[int, str] | None = None
     _paused = False
     _unsent_while_paused = 0
@@ -101,6 +109,8 @@ class PusherServerProtocol(WebSocketServerProtocol):
         self.socket_id = hub.new_socket_id()
         self.channels = set()
         self.last_activity = factory.clock.seconds()
+        if self.app.authorized_connections:
+            self.connected_at = self.last_activity
         hub.connect(self)
         factory.connections.add(self)
         self.transport.registerProducer(self, True)

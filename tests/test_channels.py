@@ -27,8 +27,8 @@ class AppChannelsTests(unittest.TestCase):
     def test_repeat_subscribe_counts_once(self):
         """Subscribing twice reports 'not new' and keeps one subscription."""
         channels, a = AppChannels(), Conn("1.1")
-        self.assertTrue(channels.subscribe(a, "x")[1])
-        self.assertFalse(channels.subscribe(a, "x")[1])
+        self.assertTrue(channels.subscribe(a, "x").new)
+        self.assertFalse(channels.subscribe(a, "x").new)
         self.assertEqual(channels.get("x").subscription_count, 1)
 
     def test_unsubscribe_unknown_is_harmless(self):
@@ -45,7 +45,7 @@ class AppChannelsTests(unittest.TestCase):
         for name in ("x", "y", "z"):
             channels.subscribe(a, name)
         left = channels.remove_connection(a)
-        self.assertEqual(sorted(c.name for c in left), ["x", "y", "z"])
+        self.assertEqual(sorted(r.channel.name for r in left), ["x", "y", "z"])
         self.assertEqual(list(channels.occupied()), [])
         self.assertEqual(a.channels, set())
 

@@ -22,3 +22,9 @@ class LocalCluster:
 
     def occupied_channels(self, app_id: str, prefix: str) -> Deferred:
         return succeed(self._hub.local_occupied_channels(app_id, prefix))
+
+    def channel_members(self, app_id: str, name: str) -> Deferred:
+        return succeed(self._hub.local_channel_members(app_id, name))
+
+    def terminate_user(self, app_id: str, user_id: str) -> Deferred:
+        return succeed(self._hub.local_terminate_user(app_id, user_id))
