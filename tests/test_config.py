@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import tempfile
 import sys
 
 from twisted.trial import unittest
@@ -42,8 +43,9 @@ enabled = false
 
 class ConfigTests(unittest.TestCase):
     def setUp(self):
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
+        temporary = tempfile.TemporaryDirectory()
+        self.addCleanup(temporary.cleanup)
+        self.dir = temporary.name
 
     def test_valid_file_becomes_settings(self):
         """A valid file yields the listed endpoints, limits and apps with defaults filled in."""
