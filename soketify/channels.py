@@ -1,7 +1,8 @@
 """Per-app channel state on this node: who is subscribed to what, and presence members.
 
-Pure domain code: a connection is any object with a ``socket_id`` and a ``channels`` set (the names it is
-subscribed to); this module never sends anything.
+Pure domain code: a connection is any object with a ``socket_id`` and a ``channels`` collection (the
+names it is subscribed to; an empty frozenset until the first subscribe gives it a set of its own, so
+idle connections carry no set); this module never sends anything.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class AppChannels:
         if socket_id in channel.subscribers:
             return Subscribed(channel, False)
         channel.subscribers[socket_id] = connection
+        if type(connection.channels) is not set:
+            connection.channels = set()
         connection.channels.add(name)
         added = None
         if channel.members is not None and member is not None:

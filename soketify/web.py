@@ -109,7 +109,8 @@ class ApiSite(Site):
     noisy = False
 
     def __init__(self, resource, max_request_body: int, reactor=None):
-        super().__init__(resource, reactor=reactor)
+        # The API reads JSON bodies itself; parsing each POST as a form costs ~15 % of a trigger.
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_request_body = max_request_body
 
     def log(self, request):

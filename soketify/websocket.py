@@ -54,7 +54,7 @@ class PusherServerProtocol(WebSocketServerProtocol):
 
     socket_id: str | None = None
     app = None
-    channels: set | None = None
+    channels: set | frozenset = frozenset()
     last_activity = 0.0
     ping_sent_at: float | None = None
     # Per-connection state with shared defaults: it costs memory only once it is set.
@@ -107,7 +107,6 @@ class PusherServerProtocol(WebSocketServerProtocol):
             return
         hub = factory.hub
         self.socket_id = hub.new_socket_id()
-        self.channels = set()
         self.last_activity = factory.clock.seconds()
         if self.app.authorized_connections:
             self.connected_at = self.last_activity

@@ -1,0 +1,290 @@
+// Soketify benchmark load generator (Node + ws).
+//
+// One process = one worker, driven by bench/run.py over stdin/stdout: one JSON
+// command per line in, one JSON reply per line out, strictly in order.  Every
+// reply carries `now` (monotonic microseconds, CLOCK_MONOTONIC, the same clock
+// in every process on the machine) and `cpu` (this process's user+system CPU
+// microseconds so far), so the driver can tell whether the generator itself
+// was the bottleneck.
+//
+// Commands:
+//   {"cmd":"connect","url":U,"n":N,"concurrency":C,"subscribe":bool,"channel":"bench"}
+//       open N WebSockets (at most C handshakes in flight); a connection is
+//       "open" when its first frame (connection_established) arrives, and
+//       with subscribe it is then subscribed and counted when
+//       subscription_succeeded arrives.
+//   {"cmd":"expect","events":E}     reset delivery accounting for seq 0..E-1
+//   {"cmd":"collect","idle_ms":T}   wait until every connection has every event,
+//       or nothing arrived for T ms; report received/lost/dup/bad, first/last
+//       receive time and a latency histogram
+//   {"cmd":"close"}                 terminate every connection
+//   {"cmd":"publish",...}           trigger E events over HTTP (see publish())
+//   {"cmd":"rest",...}              REST trigger requests/s (see rest())
+//   {"cmd":"stats"}                 just now + cpu
+//   {"cmd":"exit"}
+
+import http from 'node:http';
+import readline from 'node:readline';
+import WebSocket from 'ws';
+import Pusher from 'pusher';
+
+const nowUs = () => Number(process.hrtime.bigint() / 1000n);
+const cpuUs = () => { const c = process.cpuUsage(); return c.user + c.system; };
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------- histogram
+// Log-linear, 64 sub-buckets per power of two (~1.6 % resolution), in us.
+const SUB = 64;
+const hist = new Float64Array(40 * SUB);
+function record(v) {
+  if (v < 0) v = 0;
+  v = Math.floor(v);
+  let idx;
+  if (v < SUB) idx = v;
+  else {
+    const e = 31 - Math.clz32(v);
+    idx = (e - 5) * SUB + ((v >>> (e - 6)) - SUB);
+  }
+  hist[idx]++;
+}
+function histPairs() {
+  const out = [];
+  for (let i = 0; i < hist.length; i++) if (hist[i]) out.push([i, hist[i]]);
+  return out;
+}
+
+// ---------------------------------------------------------------- connections
+const conns = [];          // {ws, seen: Uint8Array|null}
+let expected = 0;          // events per connection
+let received = 0, dup = 0, bad = 0, pings = 0;
+let firstRecv = 0, lastRecv = 0;
+const DELIVERY = /\\"s\\":(\d+),\\"t\\":(\d+)/;
+const PONG = JSON.stringify({ event: 'pusher:pong', data: {} });
+
+function onDelivery(c, buf) {
+  const s = buf.toString();
+  const m = DELIVERY.exec(s);
+  const t = nowUs();
+  if (m === null || !s.includes('"channel":"bench"')) {
+    if (s.includes('"pusher:ping"')) { pings++; c.ws.send(PONG); return; }
+    bad++;
+    return;
+  }
+  const seq = +m[1];
+  if (seq >= expected || c.seen === null) { bad++; return; }
+  if (c.seen[seq]) { dup++; return; }
+  c.seen[seq] = 1;
+  received++;
+  if (firstRecv === 0) firstRecv = t;
+  lastRecv = t;
+  record(t - +m[2]);
+}
+
+function openOne(url, subscribe, channel) {
+  return new Promise((resolve) => {
+    let ws;
+    try {
+      ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 60000 });
+    } catch (e) { resolve(null); return; }
+    const c = { ws, seen: null };
+    let state = 0; // 0 handshaking, 1 established (waiting for subscribed), 2 ready
+    const fail = () => { if (state < 2) { state = 3; try { ws.terminate(); } catch (e) { /* */ } resolve(null); } };
+    ws.on('error', fail);
+    ws.on('close', fail);
+    ws.on('message', (data) => {
+      if (state === 2) { onDelivery(c, data); return; }
+      const s = data.toString();
+      if (state === 0) {
+        if (!s.includes('pusher:connection_established')) { fail(); return; }
+        if (!subscribe) { state = 2; resolve(c); return; }
+        state = 1;
+        ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel, auth: '' } }));
+      } else if (state === 1) {
+        if (s.includes('pusher_internal:subscription_succeeded')) { state = 2; resolve(c); }
+        else fail();
+      }
+    });
+  });
+}
+
+async function connect({ url, n, concurrency = 32, subscribe = false, channel = 'bench' }) {
+  const t0 = nowUs();
+  let next = 0, opened = 0, failed = 0;
+  const handshakeUs = [];
+  async function lane() {
+    while (next < n) {
+      next++;
+      const s = nowUs();
+      const c = await openOne(url, subscribe, channel);
+      if (c) { conns.push(c); opened++; handshakeUs.push(nowUs() - s); } else failed++;
+    }
+  }
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, n)) }, lane));
+  const t1 = nowUs();
+  handshakeUs.sort((a, b) => a - b);
+  const q = (p) => (handshakeUs.length ? handshakeUs[Math.min(handshakeUs.length - 1, Math.floor(p * handshakeUs.length))] : null);
+  return { opened, failed, t0, t1, open_p50_us: q(0.5), open_p99_us: q(0.99), open_max_us: q(1) };
+}
+
+function expect({ events }) {
+  expected = events;
+  received = 0; dup = 0; bad = 0; pings = 0; firstRecv = 0; lastRecv = 0;
+  hist.fill(0);
+  for (const c of conns) c.seen = new Uint8Array(events);
+  return { connections: conns.length };
+}
+
+async function collect({ idle_ms = 5000 }) {
+  const want = conns.length * expected;
+  let lastCount = -1, lastChange = Date.now();
+  while (received < want) {
+    const count = received + dup + bad;
+    if (count !== lastCount) { lastCount = count; lastChange = Date.now(); }
+    else if (Date.now() - lastChange > idle_ms) break;
+    await sleep(20);
+  }
+  let lost = 0;
+  for (const c of conns) {
+    if (!c.seen) { lost += expected; continue; }
+    for (let i = 0; i < expected; i++) if (!c.seen[i]) lost++;
+  }
+  return { connections: conns.length, expected: want, received, lost, dup, bad, pings,
+    first_recv: firstRecv, last_recv: lastRecv, hist: histPairs() };
+}
+
+async function closeAll() {
+  const n = conns.length;
+  const waits = conns.map((c) => new Promise((r) => {
+    if (c.ws.readyState === WebSocket.CLOSED) { r(); return; }
+    c.ws.once('close', r);
+    c.ws.terminate();
+  }));
+  conns.length = 0;
+  await Promise.race([Promise.all(waits), sleep(10000)]);
+  return { closed: n };
+}
+
+// ---------------------------------------------------------------- HTTP triggers
+// Signed with the official server SDK's own signer (PROTOCOL.md section 7); sent with
+// our own keep-alive HTTP client so both servers see the same client.
+const signers = new Map();
+function signedPath(appId, key, secret, body) {
+  const id = `${appId}\n${key}\n${secret}`;
+  let pusher = signers.get(id);
+  if (!pusher) {
+    pusher = new Pusher({ appId, key, secret, host: '127.0.0.1' });
+    signers.set(id, pusher);
+  }
+  const path = `/apps/${appId}/events`;
+  return `${path}?${pusher.createSignedQueryString({ method: 'POST', path, body })}`;
+}
+
+function post(agent, port, path, body) {
+  return new Promise((resolve) => {
+    const req = http.request({ host: '127.0.0.1', port, path, method: 'POST', agent,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
+    (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode, text }));
+    });
+    req.on('error', (e) => resolve({ status: 0, text: String(e) }));
+    req.end(body);
+  });
+}
+
+// target: {"kind":"floor","port":P} -> POST /pub ;
+//         {"kind":"pusher","port":P,"app_id","key","secret"} -> signed POST /apps/{id}/events
+function makeTrigger(target, inflight) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: inflight });
+  return (body) => {
+    const path = target.kind === 'floor' ? '/pub'
+      : signedPath(target.app_id, target.key, target.secret, body);
+    return post(agent, target.port, path, body);
+  };
+}
+
+// Publish `events` events to `channel`, at most `inflight` requests at a time;
+// with rate > 0, event i is not sent before start + i / rate seconds.
+// data = {"s":seq,"t":<send time, us>,"p":"xxx..."} padded to `size` bytes.
+async function publish({ target, events, inflight = 2, rate = 0, size = 128, channel = 'bench', name = 'e' }) {
+  const trigger = makeTrigger(target, inflight);
+  let next = 0, accepted = 0, errors = 0;
+  const errorSamples = [];
+  const t0 = nowUs();
+  async function lane() {
+    while (next < events) {
+      const seq = next++;
+      if (rate > 0) {
+        const due = t0 + (seq * 1e6) / rate;
+        const wait = due - nowUs();
+        if (wait > 1000) await sleep(wait / 1000);
+      }
+      let data = `{"s":${seq},"t":${nowUs()},"p":"`;
+      data += 'x'.repeat(Math.max(0, size - data.length - 2)) + '"}';
+      const body = JSON.stringify({ name, channels: [channel], data });
+      const r = await trigger(body);
+      if (r.status === 200) accepted++;
+      else { errors++; if (errorSamples.length < 3) errorSamples.push(`${r.status} ${r.text.slice(0, 200)}`); }
+    }
+  }
+  await Promise.all(Array.from({ length: inflight }, lane));
+  return { accepted, errors, error_samples: errorSamples, t0, t1: nowUs() };
+}
+
+// REST trigger throughput: `requests` signed POSTs with `concurrency` keep-alive
+// connections, to a channel nobody subscribes to.
+async function rest({ target, requests, concurrency = 16, size = 128, channel = 'rest-bench', name = 'e' }) {
+  const trigger = makeTrigger(target, concurrency);
+  const data = JSON.stringify({ p: 'x'.repeat(Math.max(0, size - 8)) });
+  const body = JSON.stringify({ name, channels: [channel], data });
+  let next = 0, accepted = 0, errors = 0;
+  const errorSamples = [];
+  const lat = [];
+  const t0 = nowUs();
+  async function lane() {
+    while (next < requests) {
+      next++;
+      const s = nowUs();
+      const r = await trigger(body);
+      lat.push(nowUs() - s);
+      if (r.status === 200) accepted++;
+      else { errors++; if (errorSamples.length < 3) errorSamples.push(`${r.status} ${r.text.slice(0, 200)}`); }
+    }
+  }
+  await Promise.all(Array.from({ length: concurrency }, lane));
+  const t1 = nowUs();
+  lat.sort((a, b) => a - b);
+  return { accepted, errors, error_samples: errorSamples, t0, t1,
+    p50_us: lat[Math.floor(lat.length * 0.5)], p99_us: lat[Math.floor(lat.length * 0.99)] };
+}
+
+// ---------------------------------------------------------------- command loop
+const handlers = {
+  connect, expect, collect, publish, rest,
+  close: closeAll,
+  stats: () => ({}),
+  exit: () => { setImmediate(() => process.exit(0)); return {}; },
+};
+
+const rl = readline.createInterface({ input: process.stdin });
+let chain = Promise.resolve();
+rl.on('line', (line) => {
+  if (!line.trim()) return;
+  chain = chain.then(async () => {
+    let reply;
+    try {
+      const msg = JSON.parse(line);
+      const h = handlers[msg.cmd];
+      if (!h) throw new Error(`unknown command ${msg.cmd}`);
+      reply = { ok: true, ...(await h(msg)) };
+    } catch (e) {
+      reply = { ok: false, error: String(e && e.stack || e) };
+    }
+    reply.now = nowUs();
+    reply.cpu = cpuUs();
+    process.stdout.write(JSON.stringify(reply) + '\n');
+  });
+});
+rl.on('close', () => { chain.then(() => process.exit(0)); });
