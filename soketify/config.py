@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_CONFIG_PATH = "/etc/soketify/soketify.toml"
 
@@ -55,6 +56,33 @@ class LimitsConfig:
     cache_ttl: int = 1800
 
 
+WEBHOOK_EVENT_TYPES = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
+                       "client_event", "cache_miss", "subscription_count")
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """How webhooks are delivered, for every target."""
+
+    # Events for one URL within this window share one POST.
+    batch_window_ms: int = 50
+    max_events_per_request: int = 50
+    request_timeout: int = 10
+    # Failed deliveries are retried with exponential back-off for this long, then dropped.
+    retry_for: int = 300
+    # channel_vacated and member_removed wait this long and vanish if the channel or member returns.
+    grace: int = 3
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    event_types: tuple[str, ...] = WEBHOOK_EVENT_TYPES
+    channel_name_starts_with: str = ""
+    channel_name_ends_with: str = ""
+    headers: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class AppConfig:
     id: str
@@ -68,6 +96,7 @@ class AppConfig:
     # or presence channel) before it is closed with 4009.
     authorization_timeout: int = 30
     subscription_count: bool = False
+    webhooks: tuple[WebhookConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +104,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     apps: tuple[AppConfig, ...] = ()
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     source: str = "<defaults>"
     is_development_default: bool = False
 
@@ -93,7 +123,8 @@ class _Reader:
     def problem(self, key: str, what: str) -> None:
         self.problems.append(f"{self.source}: {key}: {what}")
 
-    def section(self, cls: type, table: Any, where: str, required: tuple[str, ...] = ()) -> Any:
+    def section(self, cls: type, table: Any, where: str, required: tuple[str, ...] = (),
+                skip: tuple[str, ...] = ()) -> Any:
         if not isinstance(table, dict):
             self.problem(where, "must be a table")
             return None
@@ -102,6 +133,8 @@ class _Reader:
         values: dict[str, Any] = {}
         for key, value in table.items():
             spot = f"{where}.{key}"
+            if key in skip:
+                continue
             if key not in known:
                 self.problem(spot, "unknown key")
                 continue
@@ -135,6 +168,55 @@ class _Reader:
         return value
 
 
+    def webhook(self, raw: Any, where: str) -> WebhookConfig | None:
+        """One [[apps.webhooks]] table: url, event_types, filter and headers."""
+        if not isinstance(raw, dict):
+            self.problem(where, "must be a table")
+            return None
+        before = len(self.problems)
+        for key in raw:
+            if key not in ("url", "event_types", "filter", "headers"):
+                self.problem(f"{where}.{key}", "unknown key")
+        url = raw.get("url")
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if url is None:
+            self.problem(f"{where}.url", "missing")
+        elif (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+              or any(c.isspace() for c in url)):
+            self.problem(f"{where}.url", f"must be an http:// or https:// URL, not {url!r}")
+        values: dict[str, Any] = {"url": url}
+        if "event_types" in raw:
+            types = raw["event_types"]
+            if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
+                self.problem(f"{where}.event_types", "must be a non-empty list of event type names")
+            else:
+                for kind in types:
+                    if kind not in WEBHOOK_EVENT_TYPES:
+                        self.problem(f"{where}.event_types", f"unknown event type {kind!r}; known: "
+                                     + ", ".join(WEBHOOK_EVENT_TYPES))
+                values["event_types"] = tuple(types)
+        channel_filter = raw.get("filter", {})
+        if not isinstance(channel_filter, dict):
+            self.problem(f"{where}.filter", "must be a table")
+            channel_filter = {}
+        for key, value in channel_filter.items():
+            if key not in ("channel_name_starts_with", "channel_name_ends_with"):
+                self.problem(f"{where}.filter.{key}", "unknown key")
+            elif not isinstance(value, str):
+                self.problem(f"{where}.filter.{key}", f"must be a string, not {value!r}")
+            else:
+                values[key] = value
+        headers = raw.get("headers", {})
+        if not isinstance(headers, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            self.problem(f"{where}.headers", "must be a table of string header values")
+        else:
+            values["headers"] = dict(headers)
+        if len(self.problems) > before:
+            return None
+        return WebhookConfig(**values)
+
+
 _POSITIVE = ("activity_timeout", "pong_timeout", "max_message_size", "max_send_buffer",
              "shutdown_timeout")
 
@@ -143,10 +225,15 @@ def parse(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Build a Config from an already-parsed TOML document; raise ConfigError listing every problem."""
     reader = _Reader(source)
     for key in data:
-        if key not in ("server", "limits", "apps"):
+        if key not in ("server", "limits", "apps", "webhooks"):
             reader.problem(key, "unknown key")
     server = reader.section(ServerConfig, data.get("server", {}), "server")
     limits = reader.section(LimitsConfig, data.get("limits", {}), "limits")
+    webhooks = reader.section(WebhookSettings, data.get("webhooks", {}), "webhooks")
+    if webhooks is not None:
+        for f in fields(WebhookSettings):
+            if f.name != "grace" and getattr(webhooks, f.name) <= 0:
+                reader.problem(f"webhooks.{f.name}", "must be greater than 0")
     for name in _POSITIVE:
         if server is not None and getattr(server, name) <= 0:
             reader.problem(f"server.{name}", "must be greater than 0")
@@ -162,7 +249,17 @@ def parse(data: dict[str, Any], source: str = "<dict>") -> Config:
     seen: dict[str, dict[str, int]] = {"id": {}, "key": {}}
     for index, raw in enumerate(raw_apps):
         where = f"apps[{index}]"
-        app = reader.section(AppConfig, raw, where, required=("id", "key", "secret"))
+        app = reader.section(AppConfig, raw, where, required=("id", "key", "secret"),
+                             skip=("webhooks",))
+        raw_hooks = raw.get("webhooks", []) if isinstance(raw, dict) else []
+        if not isinstance(raw_hooks, list):
+            reader.problem(f"{where}.webhooks", "must be an array of tables ([[apps.webhooks]])")
+            raw_hooks = []
+        hooks = [reader.webhook(h, f"{where}.webhooks[{i}]") for i, h in enumerate(raw_hooks)]
+        if app is not None and app.authorization_timeout <= 0:
+            reader.problem(f"{where}.authorization_timeout", "must be greater than 0")
+        if app is not None and all(h is not None for h in hooks):
+            app = replace(app, webhooks=tuple(hooks))
         if isinstance(raw, dict):
             for attr in ("id", "key"):
                 value = raw.get(attr)
@@ -178,7 +275,7 @@ def parse(data: dict[str, Any], source: str = "<dict>") -> Config:
         reader.problem("apps", "at least one [[apps]] table is required")
     if reader.problems:
         raise ConfigError(reader.problems)
-    return Config(server=server, limits=limits, apps=tuple(apps), source=source)
+    return Config(server=server, limits=limits, apps=tuple(apps), webhooks=webhooks, source=source)
 
 
 def load(path: str) -> Config:
@@ -200,5 +297,4 @@ def load_default(path: str | None) -> Config:
     if os.path.exists(DEFAULT_CONFIG_PATH):
         return load(DEFAULT_CONFIG_PATH)
     config = parse({"apps": [DEV_APP]}, "<development defaults>")
-    return Config(server=config.server, limits=config.limits, apps=config.apps,
-                  source=config.source, is_development_default=True)
+    return replace(config, is_development_default=True)

@@ -24,6 +24,7 @@ from soketify.channels import AppChannels
 from soketify.config import AppConfig, LimitsConfig
 from soketify.subscription_counts import SubscriptionCountAnnouncer
 from soketify.users import Users
+from soketify.webhook_events import LifecycleEvents
 
 log = Logger()
 
@@ -40,7 +41,8 @@ class ChannelStats:
 
 class Hub:
     def __init__(self, apps: AppRegistry, cluster, frame: Callable[[str], bytes],
-                 limits: LimitsConfig, clock, node_number: int | None = None):
+                 limits: LimitsConfig, clock, node_number: int | None = None,
+                 webhooks=None, webhook_grace: float = 3.0):
         self.apps = apps
         self.limits = limits
         self.clock = clock
@@ -55,6 +57,10 @@ class Hub:
         self._counts = SubscriptionCountAnnouncer(clock, self._announce_subscription_count)
         self.cache = ChannelCache(clock, limits.cache_ttl)
         self.users = Users(self._send_watchlist_events)
+        # Webhooks: `emit(app_id, event)` and `wants(app_id, event_name)`; none by default.
+        self.webhooks = webhooks if webhooks is not None else NoWebhooks()
+        self.lifecycle = LifecycleEvents(clock, self.webhooks.emit, webhook_grace)
+        self._cache_misses_reported: set[tuple[str, str]] = set()
         self._handlers: dict[str, Callable[[Any, protocol.ClientMessage], None]] = {
             protocol.PING: self._on_ping,
             protocol.PONG: self._on_pong,
@@ -67,9 +73,10 @@ class Hub:
         self.cache.start()
 
     def stop(self) -> None:
-        """Cancel timers (the service is stopping)."""
+        """Cancel timers and send pending webhook events (the service is stopping)."""
         self._counts.stop()
         self.cache.stop()
+        self.lifecycle.flush()
 
     # -- connections -------------------------------------------------------------------------
 
@@ -162,12 +169,15 @@ class Hub:
         # A repeated subscribe is answered again but counted once.
         connection.send(protocol.subscription_succeeded(
             name, channel.presence_data() if presence else None))
+        if result.new and channel.subscription_count == 1:
+            self.lifecycle.channel_occupied(app.id, name)
         if result.member_added is not None:
             member = result.member_added
             frame = self._frame(protocol.encode(
                 protocol.MEMBER_ADDED, {"user_id": member.user_id, "user_info": member.user_info},
                 name))
             self.deliver(app.id, name, frame, connection.socket_id)
+            self.lifecycle.member_added(app.id, name, member.user_id)
         if protocol.is_cache(name):
             self._replay_cache(connection, app, name)
         if result.new:
@@ -177,8 +187,13 @@ class Hub:
         cached = self.cache.get(app.id, name)
         if cached is not None:
             connection.write_frame(cached.frame)
-        else:
-            connection.send(protocol.encode(protocol.CACHE_MISS, channel=name))
+            return
+        connection.send(protocol.encode(protocol.CACHE_MISS, channel=name))
+        # One cache_miss webhook per channel while it stays empty, not one per subscriber.
+        key = (app.id, name)
+        if key not in self._cache_misses_reported:
+            self._cache_misses_reported.add(key)
+            self.webhooks.emit(app.id, {"name": "cache_miss", "channel": name})
 
     def _on_unsubscribe(self, connection, message) -> None:
         data = message.data
@@ -197,6 +212,10 @@ class Hub:
             frame = self._frame(protocol.encode(
                 protocol.MEMBER_REMOVED, {"user_id": left.member_removed.user_id}, name))
             self.deliver(app.id, name, frame, None)
+            self.lifecycle.member_removed(app.id, name, left.member_removed.user_id)
+        if left.channel.subscription_count == 0:
+            self.lifecycle.channel_vacated(app.id, name)
+            self._cache_misses_reported.discard((app.id, name))
         self._subscribers_changed(app, name, left.channel.subscription_count)
 
     def _on_client_event(self, connection, message) -> None:
@@ -210,6 +229,13 @@ class Hub:
         user_id = connection_user_id_on(self._channels[app.id], channel, connection)
         frame = self._frame(protocol.event(name, channel, data, user_id))
         self._cluster.publish(app.id, channel, frame, connection.socket_id)
+        if self.webhooks.wants(app.id, "client_event"):
+            event = {"name": "client_event", "channel": channel, "event": name,
+                     "data": data if isinstance(data, str) else json.dumps(data, separators=(",", ":")),
+                     "socket_id": connection.socket_id}
+            if user_id is not None:
+                event["user_id"] = user_id
+            self.webhooks.emit(app.id, event)
 
     # -- users -------------------------------------------------------------------------------
 
@@ -277,15 +303,21 @@ class Hub:
     # -- subscription counts -----------------------------------------------------------------
 
     def _subscribers_changed(self, app: AppConfig, name: str, count: int) -> None:
-        if app.subscription_count and not protocol.is_presence(name):
+        if protocol.is_presence(name):
+            return
+        if app.subscription_count or self.webhooks.wants(app.id, "subscription_count"):
             self._counts.changed(app.id, name, count)
 
     def _announce_subscription_count(self, app_id: str, name: str) -> None:
         channel = self._channels[app_id].get(name)
-        if channel is not None:
-            text = protocol.encode(protocol.SUBSCRIPTION_COUNT,
-                                   {"subscription_count": channel.subscription_count}, name)
+        if channel is None:
+            return
+        count = channel.subscription_count
+        if self.apps.by_id(app_id).subscription_count:
+            text = protocol.encode(protocol.SUBSCRIPTION_COUNT, {"subscription_count": count}, name)
             self.deliver(app_id, name, self._frame(text), None)
+        self.webhooks.emit(app_id, {"name": "subscription_count", "channel": name,
+                                    "subscription_count": count})
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -296,6 +328,7 @@ class Hub:
             frame = self._frame(protocol.event(name, channel, data))
             if protocol.is_cache(channel):
                 self.cache.put(app_id, channel, name, data, frame)
+                self._cache_misses_reported.discard((app_id, channel))
             self._cluster.publish(app_id, channel, frame, except_socket_id)
 
     def deliver(self, app_id: str, channel_name: str, frame: bytes,
@@ -340,6 +373,16 @@ class Hub:
     def local_channel_members(self, app_id: str, name: str) -> list[str]:
         channel = self._channels[app_id].get(name)
         return list(channel.members) if channel is not None and channel.members else []
+
+
+class NoWebhooks:
+    """The webhook sink of a hub without webhook targets."""
+
+    def emit(self, app_id: str, event: dict) -> None:
+        pass
+
+    def wants(self, app_id: str, name: str) -> bool:
+        return False
 
 
 def connection_user_id_on(app_channels: AppChannels, name: str, connection) -> str | None:

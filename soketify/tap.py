@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 from twisted.application import service, strports
@@ -16,8 +17,10 @@ from soketify.apps import AppRegistry
 from soketify.cluster import LocalCluster
 from soketify.config import Config, ConfigError, load_default
 from soketify.hub import Hub
+from soketify.outbox import Outbox
 from soketify.rest import RestApi
 from soketify.web import ApiSite, SwitchFactory
+from soketify.webhooks import DeliverySettings, Webhooks, treq_post
 from soketify.websocket import PusherServerFactory, frame_text
 
 log = Logger()
@@ -45,6 +48,9 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self["loaded"] = load_default(self["config"])
+            problem = state_dir_problem(self["loaded"])
+            if problem is not None:
+                raise ConfigError([problem])
         except ConfigError as e:
             # One line per problem, no usage text and no traceback; nothing has started listening.
             for problem in e.problems:
@@ -55,14 +61,22 @@ class Options(usage.Options):
 class SoketifyService(service.MultiService):
     """The listeners plus graceful stop: refuse new work, move every client (4200), then stop."""
 
-    def __init__(self, config: Config, reactor):
+    def __init__(self, config: Config, reactor, webhook_post=None, outbox=None):
+        """``webhook_post`` and ``outbox`` replace treq and the SQLite file thread in tests."""
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.ready = False
         server = config.server
         autobahn_tuning.apply()
-        self.hub = Hub(AppRegistry(config.apps), LocalCluster(), frame_text, config.limits, reactor)
+        self.outbox = None
+        self.webhooks = None
+        if any(app.webhooks for app in config.apps):
+            self.outbox = outbox or Outbox.on_thread(outbox_path(config), reactor)
+            self.webhooks = Webhooks(config.apps, delivery_settings(config), reactor, self.outbox,
+                                     webhook_post or treq_post(reactor))
+        self.hub = Hub(AppRegistry(config.apps), LocalCluster(), frame_text, config.limits, reactor,
+                       webhooks=self.webhooks, webhook_grace=config.webhooks.grace)
         self.websocket = PusherServerFactory(
             self.hub, reactor, server.activity_timeout, server.max_message_size,
             server.max_send_buffer)
@@ -87,6 +101,10 @@ class SoketifyService(service.MultiService):
                      "secret 'app-secret'). These credentials are public; do not use them in "
                      "production.")
         super().startService()
+        if self.webhooks is not None:
+            opened = self.outbox.open()
+            opened.addCallback(lambda _: self.webhooks.resume())
+            opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
         self.hub.start()
         self.activity.start()
         self.ready = True
@@ -96,9 +114,12 @@ class SoketifyService(service.MultiService):
         self.ready = False
         self.websocket.stopping = True
         self.activity.stop()
-        self.hub.stop()
         stopped = DeferredList([succeed(listener.stopService()) for listener in self.listeners])
         stopped.addCallback(lambda _: self._move_clients())
+        # Only once every client is gone: their vacated/member_removed events are sent, not lost.
+        stopped.addCallback(lambda _: self.hub.stop())
+        if self.webhooks is not None:
+            stopped.addCallback(lambda _: self.webhooks.stop())
         stopped.addCallback(lambda _: service.Service.stopService(self))
         return stopped
 
@@ -118,16 +139,41 @@ class SoketifyService(service.MultiService):
         def check():
             if not connections:
                 done.callback(None)
-            elif self.reactor.seconds() >= deadline:
+                return
+            if self.reactor.seconds() >= deadline:
+                # Aborted connections report their loss on a later turn; check again then.
                 for connection in list(connections):
                     connection.transport.abortConnection()
-                done.callback(None)
-            else:
-                self.reactor.callLater(0.05, check)
+            self.reactor.callLater(0.05, check)
 
         deadline = self.reactor.seconds() + self.config.server.shutdown_timeout
         self.reactor.callLater(0.05, check)
         return done
+
+
+def outbox_path(config: Config) -> str:
+    return os.path.join(config.server.state_dir, "webhooks.sqlite3")
+
+
+def delivery_settings(config: Config) -> DeliverySettings:
+    settings = config.webhooks
+    return DeliverySettings(batch_window=settings.batch_window_ms / 1000,
+                            max_events_per_request=settings.max_events_per_request,
+                            request_timeout=settings.request_timeout, retry_for=settings.retry_for)
+
+
+def state_dir_problem(config: Config) -> str | None:
+    """Webhooks need a writable state directory for their outbox; say so before anything starts."""
+    if not any(app.webhooks for app in config.apps):
+        return None
+    state_dir = config.server.state_dir
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except OSError as e:
+        return f"{config.source}: server.state_dir: cannot create {state_dir}: {e.strerror}"
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        return f"{config.source}: server.state_dir: {state_dir} is not writable (webhook outbox)"
+    return None
 
 
 def makeService(options, reactor=None) -> service.IService:

@@ -56,13 +56,13 @@ class AbortableTransport(StringTransport):
 class Rig:
     """The whole service wired on a fake reactor; txaio's timers run on the same clock."""
 
-    def __init__(self, test_case, config=None, start=True):
+    def __init__(self, test_case, config=None, start=True, service_kwargs=None):
         self.reactor = MemoryReactorClock()
         self.reactor.advance(time.time())
         self._txaio_loop = txaio.config.loop
         txaio.config.loop = self.reactor
         test_case.addCleanup(self._restore)
-        self.service = SoketifyService(config or make_config(), self.reactor)
+        self.service = SoketifyService(config or make_config(), self.reactor, **(service_kwargs or {}))
         if start:
             self.service.startService()
         self.switch = self.service.listeners[0].factory

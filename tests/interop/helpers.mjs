@@ -182,7 +182,7 @@ export function appConfig(overrides = {}) {
   };
 }
 
-export function renderConfig({ port, server = {}, apps = [appConfig()], tls = null }) {
+export function renderConfig({ port, server = {}, apps = [appConfig()], tls = null, limits = null }) {
   const listen = [`tcp:${port}:interface=127.0.0.1`];
   if (tls) {
     listen.push(`ssl:${tls.port}:interface=127.0.0.1:privateKey=${tls.key}:certKey=${tls.cert}`);
@@ -194,6 +194,7 @@ export function renderConfig({ port, server = {}, apps = [appConfig()], tls = nu
     ...server,
   };
   const parts = [tomlTable('[server]', serverTable)];
+  if (limits) parts.push(tomlTable('[limits]', limits));
   for (const app of apps) parts.push(tomlTable('[[apps]]', app));
   return parts.join('\n\n') + '\n';
 }
@@ -215,10 +216,14 @@ export class Daemon {
     return daemon;
   }
 
-  /** `tls: true` also listens with TLS on `tlsPort`, with a fresh self-signed cert (`tlsCert`). */
-  constructor({ apps, server, tls = false } = {}) {
+  /**
+   * `tls: true` also listens with TLS on `tlsPort`, with a fresh self-signed cert (`tlsCert`).
+   * `limits` is written as the [limits] table (e.g. {max_presence_members: 2}).
+   */
+  constructor({ apps, server, tls = false, limits = null } = {}) {
     this.apps = apps;
     this.server = server;
+    this.limits = limits;
     this.tls = tls;
     this.chunks = [];
     this.proc = null;
@@ -241,7 +246,7 @@ export class Daemon {
       if (made.status !== 0) throw new Error(`make_cert.py failed: ${made.stderr}`);
       this.tlsCert = tls.cert;
     }
-    fs.writeFileSync(this.configPath, renderConfig({ port: this.port, server: this.server, apps: this.apps, tls }));
+    fs.writeFileSync(this.configPath, renderConfig({ port: this.port, server: this.server, apps: this.apps, tls, limits: this.limits }));
 
     this.proc = spawn(TWISTD, ['-n', '--pidfile=', 'soketify', '--config', this.configPath], {
       cwd: REPO_ROOT,
@@ -325,11 +330,15 @@ export class Daemon {
     });
   }
 
-  /** Run operations with the Python SDK (pusher 3.3); see py_sdk.py. `tls` uses the TLS port. */
-  py(ops, app = APP, { tls = false } = {}) {
+  /**
+   * Run operations with the Python SDK (pusher 3.3); see py_sdk.py. `tls` uses the TLS port;
+   * `encryptionMasterKeyBase64` configures the SDK for private-encrypted- channels.
+   */
+  py(ops, app = APP, { tls = false, encryptionMasterKeyBase64 = null } = {}) {
     const conn = {
       app_id: app.id, key: app.key, secret: app.secret, host: '127.0.0.1',
       port: tls ? this.tlsPort : this.port, ssl: tls, ca_file: tls ? this.tlsCert : null,
+      encryption_master_key_base64: encryptionMasterKeyBase64,
     };
     return runPySdk(conn, ops);
   }
@@ -370,8 +379,8 @@ export function runPySdk(conn, ops, timeout = 20000) {
 }
 
 /** Like runPySdk but every op must succeed; returns the results. */
-export async function pyOk(daemon, ops, app = APP) {
-  const results = await daemon.py(ops, app);
+export async function pyOk(daemon, ops, app = APP, options = {}) {
+  const results = await daemon.py(ops, app, options);
   results.forEach((r, i) => {
     if (!r.ok) throw new Error(`python SDK op ${JSON.stringify(ops[i])} failed: ${r.error}: ${r.message}`);
   });
@@ -604,4 +613,118 @@ let counter = 0;
 export function uniqueName(prefix) {
   counter += 1;
   return `${prefix}-${process.pid}-${counter}`;
+}
+
+// ---------------------------------------------------------------- pusher-js auth
+
+/**
+ * pusher-js options `channelAuthorization` and `userAuthentication` whose custom handlers sign
+ * with a Node server SDK, as a customer's auth endpoint would (`authorizeChannel`,
+ * `authenticateUser`; with `encryptionMasterKeyBase64` on the SDK, encrypted channels also get
+ * `shared_secret`).
+ *   presenceData(socketId, channelName) -> {user_id, user_info} for presence- channels
+ *     (return undefined to send no channel_data: presence via sign-in);
+ *   userData(socketId) -> {id, user_info?, watchlist?} for pusher.signin();
+ *   refuse(channelName) -> true to answer with an error as an endpoint's 403 would.
+ * `sdk` is a Node server SDK, or a function (channelName, or null for sign-in) -> SDK.
+ * `calls` records every handler call ({kind, socketId, channelName}).
+ */
+export function sdkAuthOptions(sdk, { presenceData, userData, refuse } = {}) {
+  const calls = [];
+  // `sdk` may also be a function (channelName | null) -> SDK, to sign some requests differently.
+  const signer = (channelName) => (typeof sdk === 'function' ? sdk(channelName) : sdk);
+  const channelAuthorization = {
+    customHandler: ({ socketId, channelName }, callback) => {
+      calls.push({ kind: 'channel', socketId, channelName });
+      if (refuse && refuse(channelName)) {
+        callback(new Error(`refused ${channelName}`), null);
+        return;
+      }
+      try {
+        const data = channelName.startsWith('presence-') && presenceData
+          ? presenceData(socketId, channelName)
+          : undefined;
+        callback(null, signer(channelName).authorizeChannel(socketId, channelName, data));
+      } catch (err) {
+        callback(err, null);
+      }
+    },
+  };
+  const userAuthentication = {
+    customHandler: ({ socketId }, callback) => {
+      calls.push({ kind: 'user', socketId });
+      try {
+        if (!userData) throw new Error('no user data configured');
+        callback(null, signer(null).authenticateUser(socketId, userData(socketId)));
+      } catch (err) {
+        callback(err, null);
+      }
+    },
+  };
+  return { channelAuthorization, userAuthentication, calls };
+}
+
+/**
+ * Record a pusher-js client's connection state changes ('states': current state names),
+ * connection errors ('errors') and raw protocol messages ('messages': {event, channel, data}).
+ */
+export function watchPusherJs(client) {
+  const states = new Inbox('pusher-js states');
+  const errors = new Inbox('pusher-js errors');
+  const messages = new Inbox('pusher-js messages');
+  client.connection.bind('state_change', (s) => states.push(s.current));
+  client.connection.bind('error', (err) => errors.push(err));
+  client.connection.bind('message', (m) => messages.push(m));
+  return { states, errors, messages };
+}
+
+// ---------------------------------------------------------------- pysher
+
+/**
+ * Run pysher (Python client, protocol 6) in pysher_client.py: it connects to the daemon,
+ * subscribes to `channels` (signing private-/presence- channels itself with `app.secret`)
+ * and prints what it receives as JSON lines, collected in `inbox`:
+ *   {type:'connected', socket_id} | {type:'subscribed', channel} | {type:'subscription_error', channel, data}
+ *   | {type:'event', channel, event, data} | {type:'error', data}
+ * `stop()` closes its stdin (it disconnects and exits) and kills it if it lingers.
+ */
+export function runPysher(daemon, { channels, events, app = APP, secret = app.secret, userData = null }) {
+  const config = { key: app.key, secret, host: '127.0.0.1', port: daemon.port, channels, events, user_data: userData };
+  const child = spawn(PYTHON, [path.join(HERE, 'pysher_client.py'), JSON.stringify(config)], {
+    cwd: REPO_ROOT,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const inbox = new Inbox('pysher');
+  let buffered = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk) => {
+    buffered += chunk;
+    let nl;
+    while ((nl = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, nl).trim();
+      buffered = buffered.slice(nl + 1);
+      if (line) inbox.push(JSON.parse(line));
+    }
+  });
+  child.stderr.on('data', (d) => (stderr += d));
+  const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+  exited.then((exit) => inbox.fail(new Error(`pysher_client.py exited ${JSON.stringify(exit)}: ${stderr.slice(-2000)}`)));
+  return {
+    inbox,
+    child,
+    get stderr() {
+      return stderr;
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.stdin.end();
+        try {
+          await withTimeout(exited, 5000, 'pysher_client.py to exit');
+        } catch {
+          child.kill('SIGKILL');
+          await exited;
+        }
+      }
+    },
+  };
 }

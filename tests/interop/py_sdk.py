@@ -7,7 +7,12 @@ Reads one JSON document from stdin:
      "ops": [{"op": "trigger", "channels": ["a"], "event": "e", "data": {...}, "socket_id": null},
              {"op": "trigger_batch", "batch": [{"channel": "a", "name": "e", "data": "..."}]},
              {"op": "channels_info", "prefix_filter": "p", "attributes": []},
-             {"op": "channel_info", "channel": "a", "attributes": ["subscription_count"]}]}
+             {"op": "channel_info", "channel": "a", "attributes": ["subscription_count"]},
+             {"op": "users_info", "channel": "presence-a"},
+             {"op": "send_to_user", "user_id": "1", "event": "e", "data": {...}},
+             {"op": "terminate_user_connections", "user_id": "1"}]}
+
+"conn" may also carry "encryption_master_key_base64" (for private-encrypted- channels).
 
 runs the operations in order with one pusher.Pusher client and prints a JSON array with
 one entry per operation: {"ok": true, "result": <SDK return value>} or
@@ -41,6 +46,10 @@ def run(client, op):
         return client.channel_info(op["channel"], attributes=op.get("attributes", []))
     if kind == "users_info":
         return client.users_info(op["channel"])
+    if kind == "send_to_user":
+        return client.send_to_user(op["user_id"], op["event"], op["data"])
+    if kind == "terminate_user_connections":
+        return client.terminate_user_connections(op["user_id"])
     raise ValueError("unknown op %r" % (kind,))
 
 
@@ -79,6 +88,7 @@ def main():
         port=int(conn["port"]),
         ssl=bool(conn.get("ssl", False)),
         timeout=conn.get("timeout", 5),
+        encryption_master_key_base64=conn.get("encryption_master_key_base64"),
     )
     results = []
     for op in request["ops"]:

@@ -1,0 +1,226 @@
+"""Webhook delivery: per-target filters, batching, signing, retries and the durable outbox.
+
+Each configured URL of each app is one ``Target`` with its own queue, so a slow or dead receiver
+never delays another, and a target's batches go out strictly in order: the next batch waits until
+the current one is delivered or given up. Events are written to the outbox before their first
+attempt and removed after a 2xx (at-least-once delivery).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+from soketify import signing
+
+log = Logger()
+
+EVENT_TYPES = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
+               "client_event", "cache_miss", "subscription_count")
+# Headers that identify and sign the request; a target's custom headers may not replace them.
+RESERVED_HEADERS = frozenset(("content-type", "x-pusher-key", "x-pusher-signature"))
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    batch_window: float = 0.05
+    max_events_per_request: int = 50
+    request_timeout: float = 10.0
+    retry_for: float = 300.0
+    first_retry_delay: float = 1.0
+    max_retry_delay: float = 60.0
+
+
+@dataclass
+class _Pending:
+    outbox_id: int
+    event: str  # JSON text
+
+
+class Target:
+    """One webhook URL of one app."""
+
+    def __init__(self, app, webhook, settings: DeliverySettings, clock, outbox, post,
+                 dropped: Callable[[str, int], None], jitter=random.random):
+        self.app = app
+        self.webhook = webhook
+        self.key = f"{app.id} {webhook.url}"
+        self._settings = settings
+        self._clock = clock
+        self._outbox = outbox
+        self._post = post
+        self._dropped = dropped
+        self._jitter = jitter
+        self._ready: list[_Pending] = []
+        self._writes: Deferred = succeed(None)  # the chain of outbox writes, in order
+        self._flush_call = None
+        self._retry_call = None
+        self._in_flight: list[_Pending] | None = None
+        self._stopped = False
+
+    def wants(self, event: dict) -> bool:
+        webhook = self.webhook
+        if event["name"] not in webhook.event_types:
+            return False
+        channel = event.get("channel", "")
+        return (channel.startswith(webhook.channel_name_starts_with)
+                and channel.endswith(webhook.channel_name_ends_with))
+
+    def enqueue(self, events: list[str]) -> Deferred:
+        """Write events to the outbox, then queue them; the Deferred fires once they are stored."""
+        stored = self._outbox.add(self.key, events)
+        stored.addCallback(lambda ids: self.restore(list(zip(ids, events))))
+        stored.addErrback(lambda f: log.failure("Could not store webhook events for {url}", f,
+                                                url=self.webhook.url))
+        return stored
+
+    def restore(self, stored: list[tuple[int, str]]) -> None:
+        """Queue events already in the outbox (new ones, or left over from a previous run)."""
+        self._ready.extend(_Pending(i, e) for i, e in stored)
+        if self._in_flight is None and self._retry_call is None and self._flush_call is None:
+            self._flush_call = self._clock.callLater(self._settings.batch_window, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if self._stopped or self._in_flight is not None or not self._ready:
+            return
+        size = self._settings.max_events_per_request
+        batch, self._ready = self._ready[:size], self._ready[size:]
+        self._in_flight = batch
+        self._attempt(batch, first_attempt_at=self._clock.seconds(), attempt=0)
+
+    def _attempt(self, batch: list[_Pending], first_attempt_at: float, attempt: int) -> None:
+        self._retry_call = None
+        # Stamped and signed at send time: receivers reject stamps older than 300 s.
+        body = ('{"time_ms":%d,"events":[%s]}' % (
+            int(self._clock.seconds() * 1000), ",".join(p.event for p in batch))).encode()
+        headers = {name: value for name, value in self.webhook.headers.items()
+                   if name.lower() not in RESERVED_HEADERS}
+        headers.update({
+            "Content-Type": "application/json",
+            "X-Pusher-Key": self.app.key,
+            "X-Pusher-Signature": signing.webhook_signature(self.app.secret, body),
+        })
+        sent = self._post(self.webhook.url, body, headers, self._settings.request_timeout)
+        sent.addCallbacks(self._answered, self._failed_with,
+                          callbackArgs=(batch, first_attempt_at, attempt),
+                          errbackArgs=(batch, first_attempt_at, attempt))
+
+    def _answered(self, status: int, batch, first_attempt_at, attempt) -> None:
+        if 200 <= status < 300:
+            self._done(batch)
+        else:
+            self._retry(batch, first_attempt_at, attempt, f"HTTP {status}")
+
+    def _failed_with(self, failure, batch, first_attempt_at, attempt) -> None:
+        self._retry(batch, first_attempt_at, attempt, failure.getErrorMessage() or
+                    failure.type.__name__)
+
+    def _retry(self, batch, first_attempt_at: float, attempt: int, why: str) -> None:
+        settings = self._settings
+        now = self._clock.seconds()
+        delay = min(settings.first_retry_delay * 2 ** attempt, settings.max_retry_delay)
+        delay *= 0.5 + self._jitter()  # jitter: receivers coming back are not hit all at once
+        if now + delay - first_attempt_at > settings.retry_for:
+            log.error("Dropping {count} webhook events for {url} after {seconds:.0f} s of failed "
+                      "attempts (last: {why})", count=len(batch), url=self.webhook.url,
+                      seconds=now - first_attempt_at, why=why)
+            self._dropped(self.app.id, len(batch))
+            self._done(batch)
+            return
+        log.warn("Webhook to {url} failed ({why}); retrying in {delay:.1f} s",
+                 url=self.webhook.url, why=why, delay=delay)
+        if not self._stopped:
+            self._retry_call = self._clock.callLater(delay, self._attempt, batch, first_attempt_at,
+                                                     attempt + 1)
+
+    def _done(self, batch) -> None:
+        self._outbox.remove([p.outbox_id for p in batch])
+        self._in_flight = None
+        if self._ready and not self._stopped:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def stop(self) -> None:
+        """Stop sending; what is not delivered stays in the outbox for the next start."""
+        self._stopped = True
+        for call in (self._flush_call, self._retry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._retry_call = None
+
+
+class Webhooks:
+    """Routes each app's webhook events to the targets whose filters select them."""
+
+    def __init__(self, apps, settings: DeliverySettings, clock, outbox, post,
+                 dropped: Callable[[str, int], None] = lambda app_id, count: None):
+        self._outbox = outbox
+        self._targets: dict[str, list[Target]] = {}
+        for app in apps:
+            self._targets[app.id] = [Target(app, webhook, settings, clock, outbox, post, dropped)
+                                     for webhook in app.webhooks]
+        self._all = {t.key: t for targets in self._targets.values() for t in targets}
+        self._wanted = {app_id: {kind for t in targets for kind in t.webhook.event_types}
+                        for app_id, targets in self._targets.items()}
+
+    def wants(self, app_id: str, name: str) -> bool:
+        """Whether any target of the app takes this event type (so the hub can skip building it)."""
+        return name in self._wanted.get(app_id, ())
+
+    def emit(self, app_id: str, event: dict) -> Deferred:
+        """Queue one event for every target of the app that wants it."""
+        stored = [target.enqueue([json.dumps(event, separators=(",", ":"))])
+                  for target in self._targets.get(app_id, ()) if target.wants(event)]
+        return DeferredList(stored)
+
+    def resume(self) -> Deferred:
+        """Queue what a previous run left in the outbox; events of removed targets are dropped."""
+        def queue(rows):
+            by_target: dict[str, list[tuple[int, str]]] = {}
+            for outbox_id, target, event in rows:
+                by_target.setdefault(target, []).append((outbox_id, event))
+            for key, stored in by_target.items():
+                target = self._all.get(key)
+                if target is None:
+                    log.warn("Dropping {count} stored webhook events for {target}: no longer "
+                             "configured", count=len(stored), target=key)
+                    self._outbox.remove([i for i, _ in stored])
+                else:
+                    log.info("Resuming {count} stored webhook events for {target}",
+                             count=len(stored), target=key)
+                    target.restore(stored)
+        return self._outbox.pending().addCallback(queue)
+
+    def stop(self) -> Deferred:
+        """Stop sending once every event handed over so far is in the outbox; then close it."""
+        for target in self._all.values():
+            target.stop()
+        return self._outbox.close()
+
+
+def treq_post(reactor):
+    """``post(url, body, headers, timeout)``: Deferred of the response status, through treq.
+
+    HTTPS certificates are verified (service_identity checks the host name); a bad certificate is a
+    failed delivery like any other.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 4
+    client = HTTPClient(Agent(reactor, pool=pool))
+
+    def post(url: str, body: bytes, headers: dict, timeout: float) -> Deferred:
+        sent = client.post(url, data=body, headers={k: [v] for k, v in headers.items()},
+                           timeout=timeout)
+        # Read the body so the connection can be reused, then answer with the status.
+        sent.addCallback(lambda response: response.content().addCallback(lambda _: response.code))
+        return sent
+
+    return post
