@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from soketify import protocol, signing
 from soketify.config import AppConfig, LimitsConfig
+from soketify.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = Logger()
 
@@ -52,11 +53,12 @@ class RestApi:
 
     app = Klein()
 
-    def __init__(self, hub, clock, limits: LimitsConfig, is_ready):
+    def __init__(self, hub, clock, limits: LimitsConfig, is_ready, metrics=None):
         self.hub = hub
         self.clock = clock
         self.limits = limits
         self._is_ready = is_ready
+        self._metrics = metrics
 
     def resource(self):
         return self.app.resource()
@@ -76,6 +78,13 @@ class RestApi:
         if self._is_ready():
             return _json(request, 200, {"ready": True})
         return _json(request, 503, {"ready": False, "error": "Server is shutting down"})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request):
+        if self._metrics is None:
+            raise ApiError(404, "Metrics are not enabled")
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode())
+        return self._metrics.render()
 
     @app.handle_errors(HTTPException)
     def http_error(self, request, failure):

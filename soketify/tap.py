@@ -17,6 +17,7 @@ from soketify.apps import AppRegistry
 from soketify.cluster import LocalCluster
 from soketify.config import Config, ConfigError, load_default
 from soketify.hub import Hub
+from soketify.metrics import Metrics
 from soketify.outbox import Outbox
 from soketify.rest import RestApi
 from soketify.web import ApiSite, SwitchFactory
@@ -69,14 +70,18 @@ class SoketifyService(service.MultiService):
         self.ready = False
         server = config.server
         autobahn_tuning.apply()
+        self.metrics = Metrics()
         self.outbox = None
         self.webhooks = None
         if any(app.webhooks for app in config.apps):
             self.outbox = outbox or Outbox.on_thread(outbox_path(config), reactor)
             self.webhooks = Webhooks(config.apps, delivery_settings(config), reactor, self.outbox,
-                                     webhook_post or treq_post(reactor))
+                                     webhook_post or treq_post(reactor),
+                                     dropped=self.metrics.webhook_dropped,
+                                     delivered=self.metrics.webhook_delivered)
         self.hub = Hub(AppRegistry(config.apps), LocalCluster(), frame_text, config.limits, reactor,
                        webhooks=self.webhooks, webhook_grace=config.webhooks.grace)
+        self.metrics.watch_hub(self.hub)
         self.websocket = PusherServerFactory(
             self.hub, reactor, server.activity_timeout, server.max_message_size,
             server.max_send_buffer)
@@ -86,7 +91,7 @@ class SoketifyService(service.MultiService):
                                         server.activity_timeout, server.pong_timeout,
                                         self.hub.authorization_overdue,
                                         min(auth_timeouts) if auth_timeouts else None)
-        api = RestApi(self.hub, reactor, config.limits, lambda: self.ready)
+        api = RestApi(self.hub, reactor, config.limits, lambda: self.ready, self.metrics)
         site = ApiSite(api.resource(), config.limits.max_request_body_bytes, reactor=reactor)
         self.listeners = []
         switch = SwitchFactory(self.websocket, site)

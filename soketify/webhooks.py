@@ -46,7 +46,8 @@ class Target:
     """One webhook URL of one app."""
 
     def __init__(self, app, webhook, settings: DeliverySettings, clock, outbox, post,
-                 dropped: Callable[[str, int], None], jitter=random.random):
+                 dropped: Callable[[str, int], None], delivered: Callable[[str, int], None],
+                 jitter=random.random):
         self.app = app
         self.webhook = webhook
         self.key = f"{app.id} {webhook.url}"
@@ -55,6 +56,7 @@ class Target:
         self._outbox = outbox
         self._post = post
         self._dropped = dropped
+        self._delivered = delivered
         self._jitter = jitter
         self._ready: list[_Pending] = []
         self._writes: Deferred = succeed(None)  # the chain of outbox writes, in order
@@ -113,6 +115,7 @@ class Target:
 
     def _answered(self, status: int, batch, first_attempt_at, attempt) -> None:
         if 200 <= status < 300:
+            self._delivered(self.app.id, len(batch))
             self._done(batch)
         else:
             self._retry(batch, first_attempt_at, attempt, f"HTTP {status}")
@@ -158,12 +161,13 @@ class Webhooks:
     """Routes each app's webhook events to the targets whose filters select them."""
 
     def __init__(self, apps, settings: DeliverySettings, clock, outbox, post,
-                 dropped: Callable[[str, int], None] = lambda app_id, count: None):
+                 dropped: Callable[[str, int], None] = lambda app_id, count: None,
+                 delivered: Callable[[str, int], None] = lambda app_id, count: None):
         self._outbox = outbox
         self._targets: dict[str, list[Target]] = {}
         for app in apps:
-            self._targets[app.id] = [Target(app, webhook, settings, clock, outbox, post, dropped)
-                                     for webhook in app.webhooks]
+            self._targets[app.id] = [Target(app, webhook, settings, clock, outbox, post, dropped,
+                                            delivered) for webhook in app.webhooks]
         self._all = {t.key: t for targets in self._targets.values() for t in targets}
         self._wanted = {app_id: {kind for t in targets for kind in t.webhook.event_types}
                         for app_id, targets in self._targets.items()}

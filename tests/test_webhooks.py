@@ -291,3 +291,18 @@ class ConfigTests(unittest.TestCase):
                          "apps[0].webhooks[2].url", "apps[0].webhooks[3].colour: unknown key",
                          "apps[0].webhooks[4].filter.starts: unknown key"):
             self.assertIn(expected, problems)
+
+
+class MetricsTests(unittest.TestCase):
+    def test_metrics_count_connections_and_webhook_outcomes(self):
+        """/metrics shows open connections per app and delivered/dropped webhook events."""
+        rig, receiver = make_rig(self, settings={"retry_for": 5})
+        rig.connect().subscribe("a")
+        rig.advance(1, step=0.1)
+        receiver.statuses = [500] * 50
+        rig.connect().subscribe("b")
+        rig.advance(20, step=0.5)
+        body = rig.http("GET", "/metrics").body.decode()
+        self.assertIn('soketify_connections{app_id="app-id"} 2.0', body)
+        self.assertIn('soketify_webhook_events_delivered_total{app_id="app-id"} 1.0', body)
+        self.assertIn('soketify_webhook_events_dropped_total{app_id="app-id"} 1.0', body)
