@@ -227,4 +227,5 @@ def treq_post(reactor):
         sent.addCallback(lambda response: response.content().addCallback(lambda _: response.code))
         return sent
 
+    post.pool = pool
     return post
