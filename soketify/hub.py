@@ -136,12 +136,21 @@ class Hub:
     def _on_pong(self, connection, message) -> None:
         """Answer to our own ping: receiving it already counted as activity."""
 
-    def _on_subscribe(self, connection, message) -> None:
+    @staticmethod
+    def _requested_channel(connection, message) -> str | None:
+        """data.channel of a (un)subscribe; a frame without one is answered with pusher:error."""
         data = message.data
         name = data.get("channel") if isinstance(data, dict) else None
         if not isinstance(name, str):
-            connection.send(protocol.error(None, "pusher:subscribe needs data.channel"))
+            connection.send(protocol.error(None, f"{message.event} needs data.channel"))
+            return None
+        return name
+
+    def _on_subscribe(self, connection, message) -> None:
+        name = self._requested_channel(connection, message)
+        if name is None:
             return
+        data = message.data
         problem = protocol.channel_name_problem(name, self.limits.max_channel_name_length)
         if problem is not None:
             connection.send(protocol.subscription_error(name, "InvalidChannel", problem, 400))
@@ -196,10 +205,8 @@ class Hub:
             self.webhooks.emit(app.id, {"name": "cache_miss", "channel": name})
 
     def _on_unsubscribe(self, connection, message) -> None:
-        data = message.data
-        name = data.get("channel") if isinstance(data, dict) else None
-        if not isinstance(name, str):
-            connection.send(protocol.error(None, "pusher:unsubscribe needs data.channel"))
+        name = self._requested_channel(connection, message)
+        if name is None:
             return
         left = self._channels[connection.app.id].unsubscribe(connection, name)
         if left is not None:

@@ -21,7 +21,7 @@ from soketify.metrics import Metrics
 from soketify.outbox import Outbox
 from soketify.rest import RestApi
 from soketify.web import ApiSite, SwitchFactory
-from soketify.webhooks import DeliverySettings, Webhooks, treq_post
+from soketify.webhooks import Webhooks, treq_post
 from soketify.websocket import PusherServerFactory, frame_text
 
 log = Logger()
@@ -75,7 +75,7 @@ class SoketifyService(service.MultiService):
         self.webhooks = None
         if any(app.webhooks for app in config.apps):
             self.outbox = outbox or Outbox.on_thread(outbox_path(config), reactor)
-            self.webhooks = Webhooks(config.apps, delivery_settings(config), reactor, self.outbox,
+            self.webhooks = Webhooks(config.apps, config.webhooks, reactor, self.outbox,
                                      webhook_post or treq_post(reactor),
                                      dropped=self.metrics.webhook_dropped,
                                      delivered=self.metrics.webhook_delivered)
@@ -158,13 +158,6 @@ class SoketifyService(service.MultiService):
 
 def outbox_path(config: Config) -> str:
     return os.path.join(config.server.state_dir, "webhooks.sqlite3")
-
-
-def delivery_settings(config: Config) -> DeliverySettings:
-    settings = config.webhooks
-    return DeliverySettings(batch_window=settings.batch_window_ms / 1000,
-                            max_events_per_request=settings.max_events_per_request,
-                            request_timeout=settings.request_timeout, retry_for=settings.retry_for)
 
 
 def state_dir_problem(config: Config) -> str | None:

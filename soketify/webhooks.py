@@ -17,23 +17,17 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
 from soketify import signing
+from soketify.config import WebhookSettings
 
 log = Logger()
 
-EVENT_TYPES = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
-               "client_event", "cache_miss", "subscription_count")
 # Headers that identify and sign the request; a target's custom headers may not replace them.
 RESERVED_HEADERS = frozenset(("content-type", "x-pusher-key", "x-pusher-signature"))
 
 
-@dataclass(frozen=True)
-class DeliverySettings:
-    batch_window: float = 0.05
-    max_events_per_request: int = 50
-    request_timeout: float = 10.0
-    retry_for: float = 300.0
-    first_retry_delay: float = 1.0
-    max_retry_delay: float = 60.0
+# Retries wait 1 s, 2 s, 4 s ... (each with jitter), never more than a minute.
+FIRST_RETRY_DELAY = 1.0
+MAX_RETRY_DELAY = 60.0
 
 
 @dataclass
@@ -45,7 +39,7 @@ class _Pending:
 class Target:
     """One webhook URL of one app."""
 
-    def __init__(self, app, webhook, settings: DeliverySettings, clock, outbox, post,
+    def __init__(self, app, webhook, settings: WebhookSettings, clock, outbox, post,
                  dropped: Callable[[str, int], None], delivered: Callable[[str, int], None],
                  jitter=random.random):
         self.app = app
@@ -85,7 +79,7 @@ class Target:
         """Queue events already in the outbox (new ones, or left over from a previous run)."""
         self._ready.extend(_Pending(i, e) for i, e in stored)
         if self._in_flight is None and self._retry_call is None and self._flush_call is None:
-            self._flush_call = self._clock.callLater(self._settings.batch_window, self._flush)
+            self._flush_call = self._clock.callLater(self._settings.batch_window_ms / 1000, self._flush)
 
     def _flush(self) -> None:
         self._flush_call = None
@@ -127,7 +121,7 @@ class Target:
     def _retry(self, batch, first_attempt_at: float, attempt: int, why: str) -> None:
         settings = self._settings
         now = self._clock.seconds()
-        delay = min(settings.first_retry_delay * 2 ** attempt, settings.max_retry_delay)
+        delay = min(FIRST_RETRY_DELAY * 2 ** attempt, MAX_RETRY_DELAY)
         delay *= 0.5 + self._jitter()  # jitter: receivers coming back are not hit all at once
         if now + delay - first_attempt_at > settings.retry_for:
             log.error("Dropping {count} webhook events for {url} after {seconds:.0f} s of failed "
@@ -160,7 +154,7 @@ class Target:
 class Webhooks:
     """Routes each app's webhook events to the targets whose filters select them."""
 
-    def __init__(self, apps, settings: DeliverySettings, clock, outbox, post,
+    def __init__(self, apps, settings: WebhookSettings, clock, outbox, post,
                  dropped: Callable[[str, int], None] = lambda app_id, count: None,
                  delivered: Callable[[str, int], None] = lambda app_id, count: None):
         self._outbox = outbox
