@@ -56,6 +56,10 @@ class LimitsConfig:
     cache_ttl: int = 1800
 
 
+# Headers the HTTP client itself must set; a webhook target may not send its own.
+TRANSPORT_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "content-encoding",
+                               "host", "keep-alive", "upgrade", "te", "trailer"))
+
 WEBHOOK_EVENT_TYPES = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
                        "client_event", "cache_miss", "subscription_count")
 
@@ -211,6 +215,10 @@ class _Reader:
                 isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
             self.problem(f"{where}.headers", "must be a table of string header values")
         else:
+            for name in headers:
+                if name.lower() in TRANSPORT_HEADERS:
+                    self.problem(f"{where}.headers.{name}",
+                                 "is set by the HTTP client and cannot be configured")
             values["headers"] = dict(headers)
         if len(self.problems) > before:
             return None

@@ -207,7 +207,12 @@ class DeliveryTests(unittest.TestCase):
         delivered = [e["channel"] for e in receiver.requests[-2]["events"] + receiver.requests[-1]["events"]]
         self.assertEqual(delivered, ["one", "two"])
         gaps = [b - a for a, b in zip(times, times[1:])]
-        self.assertGreater(gaps[1], gaps[0])
+        # Retry n waits 2**n seconds times a jitter factor between 0.5 and 1.5; the first attempt
+        # and first retry came before the loop, so the gaps seen are those of retries 2 and 3.
+        self.assertEqual(len(gaps), 2, gaps)
+        for retry, gap in enumerate(gaps, start=1):
+            self.assertGreaterEqual(gap, 0.5 * 2 ** retry - 0.11, gaps)
+            self.assertLessEqual(gap, 1.5 * 2 ** retry + 0.11, gaps)
         self.assertEqual(rig.service.outbox._pending(), [])
 
     def test_gives_up_after_retry_for_and_moves_on(self):
@@ -285,11 +290,13 @@ class ConfigTests(unittest.TestCase):
         with self.assertRaises(config_module.ConfigError) as caught:
             webhook_config([{"url": "ftp://x"}, {"url": "http://ok", "event_types": ["nope"]},
                             {"url": "not a url"}, {"url": "http://ok", "colour": 1},
-                            {"url": "http://ok", "filter": {"starts": "x"}}])
+                            {"url": "http://ok", "filter": {"starts": "x"}},
+                            {"url": "http://ok", "headers": {"Content-Length": "5", "X-Ok": "1"}}])
         problems = "\n".join(caught.exception.problems)
         for expected in ("apps[0].webhooks[0].url", "apps[0].webhooks[1].event_types",
                          "apps[0].webhooks[2].url", "apps[0].webhooks[3].colour: unknown key",
-                         "apps[0].webhooks[4].filter.starts: unknown key"):
+                         "apps[0].webhooks[4].filter.starts: unknown key",
+                         "apps[0].webhooks[5].headers.Content-Length: is set by the HTTP client"):
             self.assertIn(expected, problems)
 
 

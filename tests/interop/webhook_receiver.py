@@ -8,11 +8,13 @@ as one JSON line:
      "headers": {"content-type": ["application/json"], ...},   # lower-case names, every value
      "body": "<raw body>", "valid_python": true, "python_error": null, "events": [...]}
 
-``status`` is what this receiver answered: 200, or the failure status while failures are armed.
+``status`` is what this receiver answered: 200, the failure status while failures are armed, or
+null for a request it never answers.
 
 Control (answered before anything else):
     POST /control  {"fail": {"/path": N}, "status": 500}   answer the next N requests to /path with
                    ``status`` ("*" matches every path); answers {"ok": true}
+                   {"hang": {"/path": N}}   never answer the next N requests to /path
     GET  /received every report so far, as a JSON array
 
 Start-up prints {"type": "listening", "port": N} once the port is bound.
@@ -43,6 +45,7 @@ class Receiver(resource.Resource):
         self.sdk = sdk
         self.fail = dict(fail)  # path (or "*") -> remaining failures
         self.fail_status = 500
+        self.hang = {}  # path -> requests left unanswered
         self.received = []
 
     def render_GET(self, request):
@@ -58,6 +61,7 @@ class Receiver(resource.Resource):
         if path == "/control":
             command = json.loads(body)
             self.fail.update(command.get("fail", {}))
+            self.hang.update(command.get("hang", {}))
             self.fail_status = command.get("status", self.fail_status)
             request.setHeader(b"content-type", b"application/json")
             return b'{"ok": true}'
@@ -87,8 +91,12 @@ class Receiver(resource.Resource):
                 events = None
 
         status = 200
+        hang = self.hang.get(path, 0) > 0
+        if hang:
+            self.hang[path] -= 1
+            status = None
         for key in (path, "*"):
-            if self.fail.get(key, 0) > 0:
+            if not hang and self.fail.get(key, 0) > 0:
                 self.fail[key] -= 1
                 status = self.fail_status
                 break
@@ -99,6 +107,8 @@ class Receiver(resource.Resource):
         }
         self.received.append(record)
         report(record)
+        if hang:
+            return server.NOT_DONE_YET  # the client gives up (its timeout) and closes
         request.setResponseCode(status)
         return b"ok\n" if status < 300 else b"failing on purpose\n"
 
