@@ -1,6 +1,8 @@
 """Webhooks driven by a Clock: events from the hub, batching, filters, retries, the outbox."""
 
 import json
+import os
+import tempfile
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial import unittest
@@ -251,6 +253,11 @@ class DeliveryTests(unittest.TestCase):
 
 
 class OutboxTests(unittest.TestCase):
+    def mktemp(self):
+        """A path in a temporary directory removed after the test (not in the checkout)."""
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        return os.path.join(directory.name, "outbox")
     def test_events_stay_in_the_outbox_until_acknowledged_and_resume_on_start(self):
         """Undelivered events survive a restart and are sent by the next process."""
         path = self.mktemp() + ".sqlite3"
