@@ -134,12 +134,13 @@ def decode(text: str) -> ClientMessage | ProtocolError:
     if channel is not None and not isinstance(channel, str):
         return ProtocolError(None, "'channel' must be a string")
     data = frame.get("data")
-    # pusher-js sends data as an object; other clients send it as a JSON string.
-    if event.startswith("pusher:") and isinstance(data, str):
+    # pusher-js sends data as an object; other clients send it as a JSON string. Some send
+    # strings that are not JSON at all (pysher pings with data ""): those stay strings.
+    if event.startswith("pusher:") and isinstance(data, str) and data:
         try:
             data = json.loads(data)
         except ValueError:
-            return ProtocolError(None, f"Invalid JSON in data of {event}")
+            pass
     return ClientMessage(event, data, channel)
 
 
@@ -163,8 +164,12 @@ def connection_established(socket_id: str, activity_timeout: int) -> str:
 
 
 def error(code: int | None, message: str) -> str:
-    # pusher:error carries its data as an object (pusher-js accepts both), like the hosted service.
-    return _dumps({"event": ERROR, "data": {"code": code, "message": message}})
+    """pusher:error with its data as an object; ``code`` is optional in the protocol and left out
+    for frames that have no code of their own (malformed JSON and the like)."""
+    data: dict[str, Any] = {"message": message}
+    if code is not None:
+        data["code"] = code
+    return _dumps({"event": ERROR, "data": data})
 
 
 def pong() -> str:

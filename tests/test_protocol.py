@@ -22,9 +22,14 @@ class DecodeTests(unittest.TestCase):
 
     def test_malformed_frames_are_protocol_errors(self):
         """Invalid JSON, non-objects, a missing event or a non-string channel are errors."""
-        for text in ("{", "[]", "1", '{"data":{}}', '{"event":5}', '{"event":"x","channel":5}',
-                     '{"event":"pusher:subscribe","data":"{bad"}'):
+        for text in ("{", "[]", "1", '{"data":{}}', '{"event":5}', '{"event":"x","channel":5}'):
             self.assertIsInstance(protocol.decode(text), protocol.ProtocolError, text)
+
+    def test_string_data_that_is_not_json_stays_a_string(self):
+        """pysher pings with data "": that is a ping, not an error."""
+        self.assertEqual(protocol.decode('{"event":"pusher:ping","data":""}'),
+                         protocol.ClientMessage("pusher:ping", "", None))
+        self.assertEqual(protocol.decode('{"event":"pusher:subscribe","data":"{bad"}').data, "{bad")
 
 
 class EncodeTests(unittest.TestCase):
@@ -50,6 +55,8 @@ class EncodeTests(unittest.TestCase):
         self.assertEqual(json.loads(protocol.pong()), {"event": "pusher:pong", "data": "{}"})
         self.assertEqual(json.loads(protocol.error(4001, "no")),
                          {"event": "pusher:error", "data": {"code": 4001, "message": "no"}})
+        self.assertEqual(json.loads(protocol.error(None, "bad frame")),
+                         {"event": "pusher:error", "data": {"message": "bad frame"}})
 
 
 class ChannelRuleTests(unittest.TestCase):

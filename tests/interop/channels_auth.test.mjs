@@ -13,6 +13,7 @@ import {
   RawClient,
   appConfig,
   connectPusherJs,
+  disconnectPusherJs,
   pollUntil,
   pusherJsErrorCode,
   pyOk,
@@ -76,7 +77,7 @@ describe('private, presence and cache channels and client events with pusher-js 
   });
 
   after(async () => {
-    for (const c of clients) c.disconnect();
+    for (const c of clients) disconnectPusherJs(c);
     if (daemon) await daemon.stop();
   });
 
@@ -418,7 +419,11 @@ describe('private, presence and cache channels and client events with pusher-js 
       await inA.waitFor((e) => e.event === 'pusher:cache_miss', { what: 'cache_miss' });
       await pyOk(daemon, [{ op: 'trigger', channels: [name], event: 'reading', data: { temp: 21.5 } }]);
       await inA.waitFor((e) => e.event === 'reading', { what: 'reading live' });
+      // A witness subscribed before the client event proves the server relayed it before B joins.
+      const witness = await client(sdkAuthOptions(node));
+      const { inbox: inWitness } = await subscribePusherJs(witness, name);
       chA.trigger('client-note', { not: 'cached' });
+      await inWitness.waitFor((e) => e.event === 'client-note', { what: 'client-note relayed' });
 
       const b = await client(sdkAuthOptions(node));
       const { inbox: inB } = await subscribePusherJs(b, name);

@@ -11,9 +11,11 @@ import { createRequire } from 'node:module';
 import {
   APP,
   Daemon,
+  Inbox,
   RawClient,
   appConfig,
   connectPusherJs,
+  disconnectPusherJs,
   pusherJsErrorCode,
   pyOk,
   sdkAuthOptions,
@@ -63,7 +65,7 @@ describe('private-encrypted- channels end to end', () => {
   });
 
   after(async () => {
-    for (const c of clients) c.disconnect();
+    for (const c of clients) disconnectPusherJs(c);
     for (const r of raws) r.terminate();
     if (daemon) await daemon.stop();
   });
@@ -183,7 +185,9 @@ describe('private-encrypted- channels end to end', () => {
     const c = await client(sdkAuthOptions(plain));
     const watch = watchPusherJs(c);
     const channel = c.subscribe(name);
-    const err = await new Promise((resolve) => channel.bind('pusher:subscription_error', resolve));
+    const outcomes = new Inbox('subscription outcome');
+    channel.bind('pusher:subscription_error', (e) => outcomes.push(e));
+    const err = await outcomes.waitFor(() => true, { what: 'pusher:subscription_error' });
     assert.equal(err.type, 'AuthError');
     assert.equal(channel.subscribed, false);
     assert.equal(watch.errors.items.filter((e) => pusherJsErrorCode(e) !== undefined).length, 0);

@@ -559,6 +559,7 @@ export async function connectPusherJs(daemon, { key = APP.key, timeout = DEFAULT
     disableStats: true,
     ...options,
   });
+  trackPusherJsSockets(client);
   try {
     await withTimeout(
       new Promise((resolve, reject) => {
@@ -577,6 +578,28 @@ export async function connectPusherJs(daemon, { key = APP.key, timeout = DEFAULT
     throw err;
   }
   return client;
+}
+
+// pusher-js in Node (faye-websocket) arms a 30 s close timer when, after a server close with a
+// "refused" code (4001-4099, e.g. 4009), it closes its already closed socket; that timer keeps the
+// test process alive for 30 s. Remember each client's sockets so cleanup can clear it.
+const pusherJsSockets = new WeakMap();
+
+function trackPusherJsSockets(client) {
+  const sockets = new Set();
+  pusherJsSockets.set(client, sockets);
+  client.connection.bind('state_change', ({ current }) => {
+    const socket = current === 'connected' && client.connection.connection?.transport?.socket;
+    if (socket) sockets.add(socket);
+  });
+}
+
+/** client.disconnect(), then clear the faye-websocket close timers of its sockets (see above). */
+export function disconnectPusherJs(client) {
+  client.disconnect();
+  for (const socket of pusherJsSockets.get(client) ?? []) {
+    if (socket._closeTimer) clearTimeout(socket._closeTimer);
+  }
 }
 
 /**
@@ -631,10 +654,14 @@ export function uniqueName(prefix) {
  */
 export function sdkAuthOptions(sdk, { presenceData, userData, refuse } = {}) {
   const calls = [];
+  // Answer asynchronously, as an HTTP auth endpoint does (pusher-js emits a synchronous
+  // failure from inside channel.subscribe(), before the caller could bind to it).
+  const later = (callback) => (err, data) => setImmediate(() => callback(err, data));
   // `sdk` may also be a function (channelName | null) -> SDK, to sign some requests differently.
   const signer = (channelName) => (typeof sdk === 'function' ? sdk(channelName) : sdk);
   const channelAuthorization = {
-    customHandler: ({ socketId, channelName }, callback) => {
+    customHandler: ({ socketId, channelName }, done) => {
+      const callback = later(done);
       calls.push({ kind: 'channel', socketId, channelName });
       if (refuse && refuse(channelName)) {
         callback(new Error(`refused ${channelName}`), null);
@@ -651,7 +678,8 @@ export function sdkAuthOptions(sdk, { presenceData, userData, refuse } = {}) {
     },
   };
   const userAuthentication = {
-    customHandler: ({ socketId }, callback) => {
+    customHandler: ({ socketId }, done) => {
+      const callback = later(done);
       calls.push({ kind: 'user', socketId });
       try {
         if (!userData) throw new Error('no user data configured');
@@ -685,7 +713,7 @@ export function watchPusherJs(client) {
  * subscribes to `channels` (signing private-/presence- channels itself with `app.secret`)
  * and prints what it receives as JSON lines, collected in `inbox`:
  *   {type:'connected', socket_id} | {type:'subscribed', channel} | {type:'subscription_error', channel, data}
- *   | {type:'event', channel, event, data} | {type:'error', data}
+ *   | {type:'event', channel, event, data} | {type:'error', data} | {type:'pong'}
  * `stop()` closes its stdin (it disconnects and exits) and kills it if it lingers.
  */
 export function runPysher(daemon, { channels, events, app = APP, secret = app.secret, userData = null }) {

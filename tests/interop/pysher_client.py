@@ -9,6 +9,7 @@ Prints one JSON object per line on stdout:
     {"type": "subscription_error", "channel": "private-x", "data": ...}
     {"type": "event", "channel": "private-x", "event": "e", "data": "<data as received>"}
     {"type": "error", "data": ...}
+    {"type": "pong"}                      (answer to the ping pysher sends on open, data "")
 
 and runs until stdin is closed, then disconnects and exits.
 """
@@ -58,9 +59,17 @@ def main():
 
     client.connection.bind("pusher:connection_established", on_connected)
     client.connection.bind("pusher:error", lambda data: emit({"type": "error", "data": data}))
+    client.connection.bind("pusher:pong", lambda data: emit({"type": "pong"}))
     client.connect()
     sys.stdin.read()  # the test closes stdin to stop us
-    client.disconnect(timeout=3)
+    # What pysher's disconnect() does, without its waits: websocket-client waits up to 3 s for the
+    # server's close reply (which pysher's reader thread often consumes first) and the reader thread
+    # may sit in select() long after. Send the close frame, then exit (pysher's threads are daemons).
+    connection = client.connection
+    connection.needs_reconnect = False
+    connection.disconnect_called = True
+    if connection.socket:
+        connection.socket.close(timeout=0.2)
 
 
 if __name__ == "__main__":
