@@ -235,9 +235,16 @@ export class Daemon {
     if (!fs.existsSync(TWISTD)) {
       throw new Error(`twistd not found at ${TWISTD} (set SOKETIFY_VENV)`);
     }
-    this.port = await freePort();
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-interop-'));
     this.configPath = path.join(this.dir, 'soketify.toml');
+    fs.writeFileSync(this.configPath, await this._configText());
+    this._launch();
+    await this.waitReady(15000);
+  }
+
+  /** The TOML config of this daemon; picks the free port(s) it listens on. */
+  async _configText() {
+    this.port = await freePort();
     let tls = null;
     if (this.tls) {
       this.tlsPort = await freePort();
@@ -246,8 +253,11 @@ export class Daemon {
       if (made.status !== 0) throw new Error(`make_cert.py failed: ${made.stderr}`);
       this.tlsCert = tls.cert;
     }
-    fs.writeFileSync(this.configPath, renderConfig({ port: this.port, server: this.server, apps: this.apps, tls, limits: this.limits }));
+    return renderConfig({ port: this.port, server: this.server, apps: this.apps, tls, limits: this.limits });
+  }
 
+  /** Run twistd on the written config, collecting its output. */
+  _launch() {
     this.proc = spawn(TWISTD, ['-n', '--pidfile=', 'soketify', '--config', this.configPath], {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -266,7 +276,6 @@ export class Daemon {
         resolve(this.exit);
       });
     });
-    await this.waitReady(15000);
   }
 
   get baseUrl() {

@@ -5,7 +5,6 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -16,7 +15,6 @@ import {
   PYTHON,
   PusherServer,
   REPO_ROOT,
-  TWISTD,
   freePort,
   withTimeout,
 } from './helpers.mjs';
@@ -90,30 +88,8 @@ export class TomlDaemon extends Daemon {
     this.port = port;
   }
 
-  async _start() {
-    if (!fs.existsSync(TWISTD)) throw new Error(`twistd not found at ${TWISTD} (set SOKETIFY_VENV)`);
-    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-webhooks-'));
-    this.configPath = path.join(this.dir, 'soketify.toml');
-    fs.writeFileSync(this.configPath, this.toml);
-    this.proc = spawn(TWISTD, ['-n', '--pidfile=', 'soketify', '--config', this.configPath], {
-      cwd: REPO_ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, PYTHONUNBUFFERED: '1' },
-    });
-    const echo = process.env.SOKETIFY_INTEROP_LOGS === '1';
-    const collect = (chunk) => {
-      this.chunks.push(chunk);
-      if (echo) process.stderr.write(chunk);
-    };
-    this.proc.stdout.on('data', collect);
-    this.proc.stderr.on('data', collect);
-    this.exited = new Promise((resolve) => {
-      this.proc.on('exit', (code, signal) => {
-        this.exit = { code, signal };
-        resolve(this.exit);
-      });
-    });
-    await this.waitReady(15000);
+  async _configText() {
+    return this.toml;
   }
 
   /** SIGKILL: no graceful stop, no flush; resolves with {code, signal}. */
