@@ -276,3 +276,26 @@ class GracefulStopTests(unittest.TestCase):
         rig.service.stopService()
         client = rig.connect(established=False)
         self.assertEqual(client.next_event()["data"]["code"], 4200)
+
+
+class FailureIsolationTests(unittest.TestCase):
+    def test_an_internal_error_closes_only_the_connection_concerned(self):
+        """A bug hit while handling one client's frame is logged and closes that client alone."""
+        rig = Rig(self)
+        victim, bystander = rig.connect(), rig.connect()
+        bystander.subscribe("news")
+        original = rig.hub.handle
+
+        def handle(connection, message):
+            if connection.socket_id == victim.socket_id:
+                raise RuntimeError("boom")
+            return original(connection, message)
+        self.patch(rig.hub, "handle", handle)
+        victim.send("pusher:ping")
+        victim.events()
+        self.assertEqual(victim.close_code, 4200)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        rig.hub.publish("app-id", ["news"], "e", "x")
+        self.assertEqual(bystander.events(), [{"event": "e", "channel": "news", "data": "x"}])
+        bystander.send("pusher:ping")
+        self.assertEqual(bystander.next_event()["event"], "pusher:pong")
