@@ -14,6 +14,7 @@ import {
   Inbox,
   PusherJS,
   appConfig,
+  pusherJsOptions,
   sdkAuthOptions,
   uniqueName,
   withTimeout,
@@ -37,12 +38,7 @@ describe('Laravel Echo 2 on pusher-js', () => {
       broadcaster: 'pusher',
       Pusher: PusherJS,
       key: APP.key,
-      cluster: 'mt1',
-      wsHost: '127.0.0.1',
-      wsPort: daemon.port,
-      forceTLS: false,
-      enabledTransports: ['ws'],
-      disableStats: true,
+      ...pusherJsOptions(daemon),
       channelAuthorization,
     });
     echos.push(echo);

@@ -205,7 +205,7 @@ export function renderConfig({ port, server = {}, apps = [appConfig()], tls = nu
  */
 export class Daemon {
   static async start(options = {}) {
-    const daemon = new Daemon(options);
+    const daemon = new this(options);
     try {
       await daemon._start();
     } catch (err) {
@@ -557,17 +557,21 @@ export class RawClient {
 
 // ---------------------------------------------------------------- pusher-js
 
-/** Connect an unmodified pusher-js 8 client to the daemon; resolves once 'connected'. */
-export async function connectPusherJs(daemon, { key = APP.key, timeout = DEFAULT_TIMEOUT, ...options } = {}) {
-  const client = new PusherJS(key, {
+/** pusher-js options that point it at the daemon's plain WebSocket port. */
+export function pusherJsOptions(daemon) {
+  return {
     cluster: 'mt1',
     wsHost: '127.0.0.1',
     wsPort: daemon.port,
     forceTLS: false,
     enabledTransports: ['ws'],
     disableStats: true,
-    ...options,
-  });
+  };
+}
+
+/** Connect an unmodified pusher-js 8 client to the daemon; resolves once 'connected'. */
+export async function connectPusherJs(daemon, { key = APP.key, timeout = DEFAULT_TIMEOUT, ...options } = {}) {
+  const client = new PusherJS(key, { ...pusherJsOptions(daemon), ...options });
   trackPusherJsSockets(client);
   try {
     await withTimeout(

@@ -13,6 +13,7 @@ import {
   pollUntil,
   pusherJsErrorCode,
   pyOk,
+  pusherJsOptions,
   subscribePusherJs,
   uniqueName,
 } from './helpers.mjs';
@@ -63,14 +64,7 @@ describe('public channels: pusher-js 8 with the Node and Python server SDKs', ()
     ['a disabled app', DISABLED_APP.key, 4003],
   ]) {
     it(`pusher-js connecting to ${what} reports error ${code} and gives up (state disconnected, no retry)`, async () => {
-      const c = new PusherJS(key, {
-        cluster: 'mt1',
-        wsHost: '127.0.0.1',
-        wsPort: daemon.port,
-        forceTLS: false,
-        enabledTransports: ['ws'],
-        disableStats: true,
-      });
+      const c = new PusherJS(key, pusherJsOptions(daemon));
       clients.push(c);
       const errors = new Inbox('pusher-js errors');
       const states = new Inbox('pusher-js states');

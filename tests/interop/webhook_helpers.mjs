@@ -70,19 +70,7 @@ export function renderWebhookConfig({ port, stateDir, settings = {}, apps }) {
  * from Daemon; `kill9()` kills it without any chance to clean up.
  */
 export class TomlDaemon extends Daemon {
-  static async start({ toml, port }) {
-    const daemon = new TomlDaemon(toml, port);
-    try {
-      await daemon._start();
-    } catch (err) {
-      await daemon.stop().catch(() => {});
-      err.message += `\n--- daemon output ---\n${daemon.output()}`;
-      throw err;
-    }
-    return daemon;
-  }
-
-  constructor(toml, port) {
+  constructor({ toml, port }) {
     super({});
     this.toml = toml;
     this.port = port;
