@@ -51,15 +51,15 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(SCHEMA)
 
-    def add(self, target: str, events: list[str]) -> Deferred:
-        """Store events (JSON text) for a target; Deferred of their ids, in order."""
-        return self._run(self._add, target, events)
+    def add(self, rows: list[tuple[str, str]]) -> Deferred:
+        """Store (target, event JSON) rows in one transaction; Deferred of their ids, in order."""
+        return self._run(self._add, rows)
 
-    def _add(self, target: str, events: list[str]) -> list[int]:
+    def _add(self, rows: list[tuple[str, str]]) -> list[int]:
         ids = []
         with self._db:
             self._db.execute("BEGIN")
-            for event in events:
+            for target, event in rows:
                 ids.append(self._db.execute(
                     "INSERT INTO webhook_events (target, event) VALUES (?, ?)", (target, event)
                 ).lastrowid)

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from soketify import signing
@@ -67,16 +67,8 @@ class Target:
         return (channel.startswith(webhook.channel_name_starts_with)
                 and channel.endswith(webhook.channel_name_ends_with))
 
-    def enqueue(self, events: list[str]) -> Deferred:
-        """Write events to the outbox, then queue them; the Deferred fires once they are stored."""
-        stored = self._outbox.add(self.key, events)
-        stored.addCallback(lambda ids: self.restore(list(zip(ids, events))))
-        stored.addErrback(lambda f: log.failure("Could not store webhook events for {url}", f,
-                                                url=self.webhook.url))
-        return stored
-
     def restore(self, stored: list[tuple[int, str]]) -> None:
-        """Queue events already in the outbox (new ones, or left over from a previous run)."""
+        """Queue events that are in the outbox (new ones, or left over from a previous run)."""
         self._ready.extend(_Pending(i, e) for i, e in stored)
         if self._in_flight is None and self._retry_call is None and self._flush_call is None:
             self._flush_call = self._clock.callLater(self._settings.batch_window_ms / 1000, self._flush)
@@ -157,7 +149,11 @@ class Webhooks:
     def __init__(self, apps, settings: WebhookSettings, clock, outbox, post,
                  dropped: Callable[[str, int], None] = lambda app_id, count: None,
                  delivered: Callable[[str, int], None] = lambda app_id, count: None):
+        self._clock = clock
         self._outbox = outbox
+        # Events of this reactor turn, written to the outbox together in one transaction.
+        self._unstored: list[tuple[Target, str]] = []
+        self._store_call = None
         self._targets: dict[str, list[Target]] = {}
         for app in apps:
             self._targets[app.id] = [Target(app, webhook, settings, clock, outbox, post, dropped,
@@ -170,11 +166,32 @@ class Webhooks:
         """Whether any target of the app takes this event type (so the hub can skip building it)."""
         return name in self._wanted.get(app_id, ())
 
-    def emit(self, app_id: str, event: dict) -> Deferred:
-        """Queue one event for every target of the app that wants it."""
-        stored = [target.enqueue([json.dumps(event, separators=(",", ":"))])
-                  for target in self._targets.get(app_id, ()) if target.wants(event)]
-        return DeferredList(stored)
+    def emit(self, app_id: str, event: dict) -> None:
+        """Hand one event to every target of the app that wants it, by way of the outbox."""
+        targets = [target for target in self._targets.get(app_id, ()) if target.wants(event)]
+        if not targets:
+            return
+        text = json.dumps(event, separators=(",", ":"))
+        self._unstored.extend((target, text) for target in targets)
+        if self._store_call is None:
+            self._store_call = self._clock.callLater(0, self._store)
+
+    def _store(self) -> Deferred:
+        """Write this turn's events to the outbox, then queue each on its target, in order."""
+        self._store_call = None
+        rows, self._unstored = self._unstored, []
+
+        def queue(ids):
+            by_target: dict[Target, list[tuple[int, str]]] = {}
+            for (target, text), outbox_id in zip(rows, ids):
+                by_target.setdefault(target, []).append((outbox_id, text))
+            for target, stored in by_target.items():
+                target.restore(stored)
+
+        stored = self._outbox.add([(target.key, text) for target, text in rows])
+        stored.addCallbacks(queue, lambda f: log.failure(
+            "Could not store {count} webhook events", f, count=len(rows)))
+        return stored
 
     def resume(self) -> Deferred:
         """Queue what a previous run left in the outbox; events of removed targets are dropped."""
@@ -195,7 +212,10 @@ class Webhooks:
         return self._outbox.pending().addCallback(queue)
 
     def stop(self) -> Deferred:
-        """Stop sending once every event handed over so far is in the outbox; then close it."""
+        """Stop sending; every event handed over so far is written to the outbox, then it closes."""
+        if self._store_call is not None:
+            self._store_call.cancel()
+            self._store()
         for target in self._all.values():
             target.stop()
         return self._outbox.close()

@@ -53,6 +53,11 @@ def webhook_config(webhooks, settings=None, **app):
 LIFECYCLE = ["channel_occupied", "channel_vacated"]
 
 
+def settle(rig):
+    """Let events reach the outbox (next reactor turn) and their batch window pass."""
+    rig.advance(0.2, step=0.05)
+
+
 def make_rig(test, webhooks=None, settings=None, outbox=None, start=True, **app):
     """A rig whose app posts webhooks to a Receiver; by default one target for occupied/vacated."""
     receiver = Receiver()
@@ -73,7 +78,7 @@ class EventTests(unittest.TestCase):
         rig, receiver = make_rig(self)
         client = rig.connect()
         client.subscribe("news")
-        rig.reactor.advance(0.1)
+        settle(rig)
         self.assertEqual(receiver.events(), [{"name": "channel_occupied", "channel": "news"}])
         client.send("pusher:unsubscribe", {"channel": "news"})
         rig.advance(2.9, step=0.1)
@@ -86,11 +91,11 @@ class EventTests(unittest.TestCase):
         rig, receiver = make_rig(self)
         first = rig.connect()
         first.subscribe("news")
-        rig.reactor.advance(0.1)
+        settle(rig)
         first.close()
-        rig.reactor.advance(1)
+        rig.advance(1, step=0.05)
         rig.connect().subscribe("news")
-        rig.reactor.advance(10)
+        rig.advance(10, step=0.05)
         self.assertEqual(receiver.events(), [{"name": "channel_occupied", "channel": "news"}])
 
     def test_member_events_per_distinct_user(self):
@@ -116,7 +121,7 @@ class EventTests(unittest.TestCase):
         join(a, "presence-r", "alice")
         join(b, "presence-r", "bob")
         a.send("client-move", {"x": 1}, channel="presence-r")
-        rig.reactor.advance(0.1)
+        settle(rig)
         self.assertEqual(receiver.events(), [{
             "name": "client_event", "channel": "presence-r", "event": "client-move",
             "data": '{"x":1}', "socket_id": a.socket_id, "user_id": "alice"}])
@@ -127,12 +132,12 @@ class EventTests(unittest.TestCase):
         clients = [rig.connect() for _ in range(3)]
         for client in clients:
             client.subscribe("cache-x")
-        rig.reactor.advance(0.1)
+        settle(rig)
         self.assertEqual(receiver.events(), [{"name": "cache_miss", "channel": "cache-x"}])
         rig.hub.publish("app-id", ["cache-x"], "e", "1")
         rig.advance(rig.hub.cache.ttl + 61, step=30)
         rig.connect().subscribe("cache-x")
-        rig.reactor.advance(0.1)
+        settle(rig)
         self.assertEqual(len(receiver.events()), 2)
 
     def test_subscription_count_uses_the_client_throttle(self):
@@ -141,7 +146,7 @@ class EventTests(unittest.TestCase):
                                          "event_types": ["subscription_count"]}])
         rig.connect().subscribe("news")
         rig.connect().subscribe("news")
-        rig.reactor.advance(0.1)
+        settle(rig)
         self.assertEqual([e["subscription_count"] for e in receiver.events()], [1, 2])
 
 
@@ -152,7 +157,7 @@ class DeliveryTests(unittest.TestCase):
             "X-Custom": "yes", "x-pusher-key": "forged", "Content-Type": "text/plain"}}])
         for name in ("a", "b", "c"):
             rig.connect().subscribe(name)
-        rig.reactor.advance(0.1)
+        settle(rig)
         self.assertEqual(len(receiver.requests), 1)
         request = receiver.requests[0]
         self.assertEqual([e["channel"] for e in request["events"]], ["a", "b", "c"])
@@ -171,7 +176,7 @@ class DeliveryTests(unittest.TestCase):
         rig, receiver = make_rig(self, settings={"max_events_per_request": 2})
         for name in "abcde":
             rig.connect().subscribe(name)
-        rig.reactor.advance(0.2)
+        settle(rig)
         self.assertEqual([len(r["events"]) for r in receiver.requests], [2, 2, 1])
         self.assertEqual([e["channel"] for e in receiver.events()], list("abcde"))
 
@@ -198,12 +203,12 @@ class DeliveryTests(unittest.TestCase):
         rig, receiver = make_rig(self)
         receiver.statuses = [500, ConnectionError("refused"), 503]
         rig.connect().subscribe("one")
-        rig.reactor.advance(0.1)
+        settle(rig)
         rig.connect().subscribe("two")
         times = []
         for _ in range(200):
             count = len(receiver.requests)
-            rig.reactor.advance(0.1)
+            rig.advance(0.1, step=0.05)
             if len(receiver.requests) > count:
                 times.append(rig.reactor.seconds())
         delivered = [e["channel"] for e in receiver.requests[-2]["events"] + receiver.requests[-1]["events"]]
@@ -247,7 +252,7 @@ class DeliveryTests(unittest.TestCase):
         rig.service.webhooks._all["app-id http://hooks.test/ok"]._post = post
         for name in "ab":
             rig.connect().subscribe(name)
-            rig.reactor.advance(0.1)
+            settle(rig)
         self.assertEqual(len(receiver.events("http://hooks.test/ok")), 2)
         self.assertEqual(len(receiver.events("http://hooks.test/dead")), 1)
 
@@ -265,11 +270,11 @@ class OutboxTests(unittest.TestCase):
         receiver.hold = True
         rig.connect().subscribe("a")
         rig.connect().subscribe("b")
-        rig.reactor.advance(0.1)
+        settle(rig)
         self.assertEqual(len(rig.service.outbox._pending()), 2)
         # The process dies here: nothing was acknowledged. A new one starts on the same file.
         rig2, receiver2 = make_rig(self, outbox=synchronous_outbox(path))
-        rig2.reactor.advance(0.1)
+        settle(rig2)
         self.assertEqual([e["channel"] for e in receiver2.events()], ["a", "b"])
         self.assertEqual(rig2.service.outbox._pending(), [])
 
@@ -280,7 +285,7 @@ class OutboxTests(unittest.TestCase):
         receiver.hold = True
         client = rig.connect()
         client.subscribe("a")
-        rig.reactor.advance(0.1)
+        settle(rig)
         stopped = rig.service.stopService()
         client.close(4200)
         rig.advance(1, step=0.05)
