@@ -2,20 +2,32 @@
 
 Every problem is reported as ``"<file>: <key>: <what is wrong>"``; all problems are collected before
 giving up, so a user fixes their file in one pass. This module never writes the file.
+
+Each setting declares its rules where it is defined (``setting(default, check, ...)``); one generic
+reader (``_Reader.table``) turns any section into its dataclass by type and those rules.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from typing import Any, Callable, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 DEFAULT_CONFIG_PATH = "/etc/soketify/soketify.toml"
 
 # The public development app used when no config file exists at all.
 DEV_APP = {"id": "app-id", "key": "app-key", "secret": "app-secret"}
+
+# Headers the HTTP client itself must set; a webhook target may not send its own.
+TRANSPORT_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "content-encoding",
+                               "host", "keep-alive", "upgrade", "te", "trailer"))
+
+WEBHOOK_EVENT_TYPES = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
+                       "client_event", "cache_miss", "subscription_count")
 
 
 class ConfigError(Exception):
@@ -26,42 +38,160 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+# A check takes a value of the right type and returns what is wrong with it, or None.
+Check = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a setting's value must satisfy beyond its type; kept in the field's metadata."""
+
+    check: Check | None = None      # the whole value, given or default
+    each: Check | None = None       # every item of a list, or every key of a table (reported at that key)
+    unique: tuple[str, ...] = ()    # keys whose values must differ between the tables of an array
+    expected: str | None = None     # how a type problem names the value, e.g. "an http:// or https:// URL"
+    under: str | None = None        # the sub-table holding this key, e.g. "filter"
+
+
+def setting(default: Any = MISSING, check: Check | None = None, *, factory: Any = MISSING,
+            **rules: Any) -> Any:
+    """A dataclass field read from the config file, with the rules its value must follow."""
+    return field(default=default, default_factory=factory, metadata={"rules": Rules(check, **rules)})
+
+
+# The checks settings declare.
+
+def non_negative(value: int) -> str | None:
+    return f"must not be negative, not {value}" if value < 0 else None
+
+
+def positive(value: int) -> str | None:
+    return non_negative(value) or ("must be greater than 0" if value == 0 else None)
+
+
+def not_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: str) -> str | None:
+        if value not in choices:
+            return f"must be one of {', '.join(map(repr, choices))}, not {value!r}"
+        return None
+    return check
+
+
+def _hide_password(url: str) -> str:
+    """url as shown in a problem line: any user:password@ becomes ***@ (a lone user may be a password)."""
+    credentials, at, address = url.rpartition("@")
+    if not at:
+        return url
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", credentials)
+    return f"{scheme.group() if scheme else ''}***@{address}"
+
+
+def valid_http_url(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        fine = parts.scheme in ("http", "https") and parts.hostname and not any(c.isspace() for c in value)
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        fine = False
+    return None if fine else f"must be an http:// or https:// URL, not {_hide_password(value)!r}"
+
+
+def _host_and_port(address: str) -> tuple[str, str | None]:
+    """("host", "port") from "host:port", "[::1]:port" or without ":port" (port None); "" if no host."""
+    if address.startswith("["):
+        host, bracket, rest = address[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return "", None
+        return host, rest[1:] if rest else None
+    host, colon, port = address.partition(":")
+    return host, port if colon else None
+
+
+def valid_redis_url(value: str) -> str | None:
+    """redis://[user:password@]host[:port][/db], or rediss:// for TLS.
+
+    No message quotes the value: a mistyped URL such as redis://user:password (no @host) puts the
+    password where the host or port belongs.
+    """
+    scheme, separator, rest = value.partition("://")
+    if scheme not in ("redis", "rediss") or not separator:
+        return "must start with redis:// or rediss://"
+    if any(c.isspace() for c in value):
+        return "must not contain spaces"
+    credentials, _, address = rest.rpartition("@")
+    # Unencoded, these would end the user:password part early for URL parsers (urllib, redis-py).
+    if any(c in credentials for c in "/?#[]"):
+        return "user and password must percent-encode / ? # [ ] (as %2F %3F %23 %5B %5D)"
+    if "?" in address or "#" in address:
+        return "takes no ?query or #fragment after the database number"
+    host_port, _, database = address.partition("/")
+    host, port = _host_and_port(host_port)
+    if not host:
+        return "must name a host, as in redis://127.0.0.1:6379/0"
+    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return "port (after the host's :) must be a number from 1 to 65535"
+    if database and not (database.isascii() and database.isdigit()):
+        return "database (after the /) must be a non-negative integer"
+    return None
+
+
+def valid_key_prefix(value: str) -> str | None:
+    if not value:
+        return "must not be empty"
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", value):
+        return f"may only hold letters, digits and _ . : -, not {value!r}"
+    return None
+
+
+def known_event_type(name: str) -> str | None:
+    if name not in WEBHOOK_EVENT_TYPES:
+        return f"unknown event type {name!r}; known: " + ", ".join(WEBHOOK_EVENT_TYPES)
+    return None
+
+
+def settable_header(name: str) -> str | None:
+    if name.lower() in TRANSPORT_HEADERS:
+        return "is set by the HTTP client and cannot be configured"
+    return None
+
+
+def at_least_one_app(apps: tuple) -> str | None:
+    return None if apps else "at least one [[apps]] table is required"
+
+
+# The sections. Only fields declared with setting() are read from the file.
+
 @dataclass(frozen=True)
 class ServerConfig:
-    listen: tuple[str, ...] = ("tcp:6001",)
-    activity_timeout: int = 120
+    listen: tuple[str, ...] = setting(("tcp:6001",))
+    activity_timeout: int = setting(120, positive)
     # How long the server waits for any frame after its own pusher:ping before closing 4201.
-    pong_timeout: int = 30
-    max_message_size: int = 65536
+    pong_timeout: int = setting(30, positive)
+    max_message_size: int = setting(65536, positive)
     # Unsent bytes a slow client may have queued before it is disconnected.
-    max_send_buffer: int = 4 * 1024 * 1024
-    shutdown_timeout: int = 10
-    state_dir: str = "/var/lib/soketify"
+    max_send_buffer: int = setting(4 * 1024 * 1024, positive)
+    shutdown_timeout: int = setting(10, positive)
+    state_dir: str = setting("/var/lib/soketify", not_empty)
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    max_event_data_bytes: int = 10240
-    max_channels_per_event: int = 100
-    max_batch_events: int = 10
-    max_channel_name_length: int = 200
-    max_event_name_length: int = 200
-    max_request_body_bytes: int = 1024 * 1024
-    max_timestamp_skew: int = 600
-    max_presence_members: int = 100
-    max_user_info_bytes: int = 1024
-    max_user_id_length: int = 128
-    max_client_events_per_second: int = 10
-    max_watchlist_size: int = 100
-    cache_ttl: int = 1800
-
-
-# Headers the HTTP client itself must set; a webhook target may not send its own.
-TRANSPORT_HEADERS = frozenset(("content-length", "transfer-encoding", "connection", "content-encoding",
-                               "host", "keep-alive", "upgrade", "te", "trailer"))
-
-WEBHOOK_EVENT_TYPES = ("channel_occupied", "channel_vacated", "member_added", "member_removed",
-                       "client_event", "cache_miss", "subscription_count")
+    max_event_data_bytes: int = setting(10240, positive)
+    max_channels_per_event: int = setting(100, positive)
+    max_batch_events: int = setting(10, positive)
+    max_channel_name_length: int = setting(200, positive)
+    max_event_name_length: int = setting(200, positive)
+    max_request_body_bytes: int = setting(1024 * 1024, positive)
+    max_timestamp_skew: int = setting(600, positive)
+    max_presence_members: int = setting(100, positive)
+    max_user_info_bytes: int = setting(1024, positive)
+    max_user_id_length: int = setting(128, positive)
+    max_client_events_per_second: int = setting(10, positive)
+    max_watchlist_size: int = setting(100, positive)
+    cache_ttl: int = setting(1800, positive)
 
 
 @dataclass(frozen=True)
@@ -69,48 +199,79 @@ class WebhookSettings:
     """How webhooks are delivered, for every target."""
 
     # Events for one URL within this window share one POST.
-    batch_window_ms: int = 50
-    max_events_per_request: int = 50
-    request_timeout: int = 10
+    batch_window_ms: int = setting(50, positive)
+    max_events_per_request: int = setting(50, positive)
+    request_timeout: int = setting(10, positive)
     # Failed deliveries are retried with exponential back-off for this long, then dropped.
-    retry_for: int = 300
+    retry_for: int = setting(300, positive)
     # channel_vacated and member_removed wait this long and vanish if the channel or member returns.
-    grace: int = 3
+    grace: int = setting(3, non_negative)
 
 
 @dataclass(frozen=True)
 class WebhookConfig:
-    url: str
-    event_types: tuple[str, ...] = WEBHOOK_EVENT_TYPES
-    channel_name_starts_with: str = ""
-    channel_name_ends_with: str = ""
-    headers: dict = field(default_factory=dict)
+    url: str = setting(check=valid_http_url, expected="an http:// or https:// URL")
+    event_types: tuple[str, ...] = setting(WEBHOOK_EVENT_TYPES, each=known_event_type,
+                                           expected="a non-empty list of event type names")
+    channel_name_starts_with: str = setting("", under="filter")
+    channel_name_ends_with: str = setting("", under="filter")
+    headers: dict[str, str] = setting(factory=dict, each=settable_header,
+                                      expected="a table of string header values")
 
 
 @dataclass(frozen=True)
 class AppConfig:
-    id: str
-    key: str
-    secret: str
-    enabled: bool = True
-    max_connections: int = 0
-    client_events: bool = True
-    authorized_connections: bool = False
+    id: str = setting(check=not_empty)
+    key: str = setting(check=not_empty)
+    secret: str = setting(check=not_empty)
+    enabled: bool = setting(True)
+    max_connections: int = setting(0, non_negative)
+    client_events: bool = setting(True)
+    authorized_connections: bool = setting(False)
     # Seconds a connection of an app with authorized_connections has to sign in (or join a private
     # or presence channel) before it is closed with 4009.
-    authorization_timeout: int = 30
-    subscription_count: bool = False
-    webhooks: tuple[WebhookConfig, ...] = ()
+    authorization_timeout: int = setting(30, positive)
+    subscription_count: bool = setting(False)
+    webhooks: tuple[WebhookConfig, ...] = setting(())
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Which engine shares state between nodes; every node of a cluster uses the same values."""
+
+    engine: str = setting("local", one_of("local", "redis"))
+    redis_url: str = setting("redis://127.0.0.1:6379/0", valid_redis_url)
+    # Every Redis key and pub/sub channel starts with it.
+    prefix: str = setting("soketify", valid_key_prefix)
+    # Seconds of silence after which a node counts as dead.
+    node_timeout: int = setting(5, positive)
 
 
 @dataclass(frozen=True)
 class Config:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    apps: tuple[AppConfig, ...] = ()
-    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    server: ServerConfig = setting(factory=ServerConfig)
+    limits: LimitsConfig = setting(factory=LimitsConfig)
+    apps: tuple[AppConfig, ...] = setting((), at_least_one_app, unique=("id", "key"))
+    webhooks: WebhookSettings = setting(factory=WebhookSettings)
+    cluster: ClusterConfig = setting(factory=ClusterConfig)
     source: str = "<defaults>"
     is_development_default: bool = False
+
+
+# The reader.
+
+_INVALID = object()  # a value already reported as a problem
+
+
+@functools.cache
+def _settings(cls: type) -> tuple[tuple[Any, Any, Rules], ...]:
+    """(field, type, rules) for every field of cls declared with setting()."""
+    types = get_type_hints(cls)
+    return tuple((f, types[f.name], f.metadata["rules"]) for f in fields(cls) if "rules" in f.metadata)
+
+
+def _join(*parts: str | None) -> str:
+    return ".".join(p for p in parts if p)
 
 
 def _type_name(kind: type) -> str:
@@ -124,166 +285,117 @@ class _Reader:
         self.source = source
         self.problems: list[str] = []
 
-    def problem(self, key: str, what: str) -> None:
-        self.problems.append(f"{self.source}: {key}: {what}")
+    def problem(self, spot: str, what: str) -> None:
+        self.problems.append(f"{self.source}: {spot}: {what}")
 
-    def section(self, cls: type, table: Any, where: str, required: tuple[str, ...] = (),
-                skip: tuple[str, ...] = ()) -> Any:
-        if not isinstance(table, dict):
-            self.problem(where, "must be a table")
-            return None
-        known = {f.name: f for f in fields(cls)}
-        before = len(self.problems)
-        values: dict[str, Any] = {}
-        for key, value in table.items():
-            spot = f"{where}.{key}"
-            if key in skip:
-                continue
-            if key not in known:
-                self.problem(spot, "unknown key")
-                continue
-            checked = self.value(spot, known[key].type, value)
-            if checked is not None:
-                values[key] = checked
-        for key in required:
-            if key not in table:
-                self.problem(f"{where}.{key}", "missing")
-        if len(self.problems) > before:
-            return None
-        return cls(**values)
-
-    def value(self, spot: str, annotation: str, value: Any) -> Any:
-        if annotation == "tuple[str, ...]":
-            if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-                self.problem(spot, "must be a non-empty list of strings")
-                return None
-            return tuple(value)
-        kind = {"bool": bool, "int": int, "str": str}[annotation]
-        # bool is a subclass of int: refuse true/false where a number is expected.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.problem(spot, f"must be {_type_name(kind)}, not {value!r}")
-            return None
-        if kind is int and value < 0:
-            self.problem(spot, f"must not be negative, not {value}")
-            return None
-        if kind is str and not value:
-            self.problem(spot, "must not be empty")
-            return None
-        return value
-
-
-    def webhook(self, raw: Any, where: str) -> WebhookConfig | None:
-        """One [[apps.webhooks]] table: url, event_types, filter and headers."""
+    def table(self, cls: type, raw: Any, where: str) -> Any:
+        """Any settings dataclass from its TOML table, or None once what is wrong is reported."""
         if not isinstance(raw, dict):
             self.problem(where, "must be a table")
             return None
         before = len(self.problems)
-        for key in raw:
-            if key not in ("url", "event_types", "filter", "headers"):
-                self.problem(f"{where}.{key}", "unknown key")
-        url = raw.get("url")
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if url is None:
-            self.problem(f"{where}.url", "missing")
-        elif (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
-              or any(c.isspace() for c in url)):
-            self.problem(f"{where}.url", f"must be an http:// or https:// URL, not {url!r}")
-        values: dict[str, Any] = {"url": url}
-        if "event_types" in raw:
-            types = raw["event_types"]
-            if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types):
-                self.problem(f"{where}.event_types", "must be a non-empty list of event type names")
+        tables = self.key_tables(cls, raw, where)
+        values = {}
+        for f, kind, rules in _settings(cls):
+            table, spot = tables[rules.under], _join(where, rules.under, f.name)
+            if f.name in table:
+                value = self.value(kind, table[f.name], spot, rules)
+            elif f.default is MISSING and f.default_factory is MISSING:
+                self.problem(spot, "missing")
+                continue
             else:
-                for kind in types:
-                    if kind not in WEBHOOK_EVENT_TYPES:
-                        self.problem(f"{where}.event_types", f"unknown event type {kind!r}; known: "
-                                     + ", ".join(WEBHOOK_EVENT_TYPES))
-                values["event_types"] = tuple(types)
-        channel_filter = raw.get("filter", {})
-        if not isinstance(channel_filter, dict):
-            self.problem(f"{where}.filter", "must be a table")
-            channel_filter = {}
-        for key, value in channel_filter.items():
-            if key not in ("channel_name_starts_with", "channel_name_ends_with"):
-                self.problem(f"{where}.filter.{key}", "unknown key")
-            elif not isinstance(value, str):
-                self.problem(f"{where}.filter.{key}", f"must be a string, not {value!r}")
+                # Defaults follow the rules too: the empty default of Config.apps is how
+                # "at least one [[apps]]" is enforced.
+                value = f.default if f.default is not MISSING else f.default_factory()
+            if value is not _INVALID and self.follows_rules(value, spot, rules):
+                values[f.name] = value
+        return cls(**values) if len(self.problems) == before else None
+
+    def key_tables(self, cls: type, raw: dict, where: str) -> dict[str | None, dict]:
+        """raw (as None) and each sub-table some fields live in (such as "filter"); unknown keys reported."""
+        tables: dict[str | None, dict] = {None: raw}
+        for name in {rules.under for _, _, rules in _settings(cls) if rules.under}:
+            tables[name] = raw.get(name, {})
+            if not isinstance(tables[name], dict):
+                self.problem(_join(where, name), "must be a table")
+                tables[name] = {}
+        for under, table in tables.items():
+            known = {f.name for f, _, rules in _settings(cls) if rules.under == under}
+            if under is None:
+                known |= {name for name in tables if name}
+            for key in table:
+                if key not in known:
+                    self.problem(_join(where, under, key), "unknown key")
+        return tables
+
+    def value(self, kind: Any, raw: Any, spot: str, rules: Rules) -> Any:
+        """raw as a value of type kind, or _INVALID once the problem is reported."""
+        if is_dataclass(kind):
+            section = self.table(kind, raw, spot)
+            return _INVALID if section is None else section
+        origin, args = get_origin(kind), get_args(kind)
+        if origin is tuple and is_dataclass(args[0]):
+            return self.array_of_tables(args[0], raw, spot, rules)
+        if origin is tuple:
+            if isinstance(raw, list) and raw and all(isinstance(v, str) and v for v in raw):
+                return tuple(raw)
+            return self.wrong_type(spot, rules.expected or "a non-empty list of strings")
+        if origin is dict:
+            if isinstance(raw, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in raw.items()):
+                return dict(raw)
+            return self.wrong_type(spot, rules.expected or "a table of strings")
+        # bool is a subclass of int: refuse true/false where a number is expected.
+        if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+            return raw
+        return self.wrong_type(spot, f"{rules.expected or _type_name(kind)}, not {raw!r}")
+
+    def wrong_type(self, spot: str, expected: str) -> Any:
+        self.problem(spot, f"must be {expected}")
+        return _INVALID
+
+    def array_of_tables(self, cls: type, raw: Any, spot: str, rules: Rules) -> Any:
+        """[[apps]] and the like: every table read, and the rules' unique keys compared between them."""
+        if not isinstance(raw, list):
+            # "apps[0].webhooks" is written [[apps.webhooks]] in the file.
+            written = re.sub(r"\[\d+\]", "", spot)
+            return self.wrong_type(spot, f"an array of tables ([[{written}]])")
+        items = [self.table(cls, item, f"{spot}[{index}]") for index, item in enumerate(raw)]
+        for key in rules.unique:
+            self.report_duplicates(raw, spot, key)
+        return _INVALID if any(item is None for item in items) else tuple(items)
+
+    def report_duplicates(self, tables: list, spot: str, key: str) -> None:
+        # Compared on the raw tables, so a duplicate is reported even beside another problem.
+        first: dict[str, int] = {}
+        for index, table in enumerate(tables):
+            value = table.get(key) if isinstance(table, dict) else None
+            if not isinstance(value, str) or not value:
+                continue
+            if value in first:
+                self.problem(f"{spot}[{index}].{key}",
+                             f"duplicate {key} {value!r} (also {spot}[{first[value]}])")
             else:
-                values[key] = value
-        headers = raw.get("headers", {})
-        if not isinstance(headers, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-            self.problem(f"{where}.headers", "must be a table of string header values")
-        else:
-            for name in headers:
-                if name.lower() in TRANSPORT_HEADERS:
-                    self.problem(f"{where}.headers.{name}",
-                                 "is set by the HTTP client and cannot be configured")
-            values["headers"] = dict(headers)
-        if len(self.problems) > before:
-            return None
-        return WebhookConfig(**values)
+                first[value] = index
 
-
-_POSITIVE = ("activity_timeout", "pong_timeout", "max_message_size", "max_send_buffer",
-             "shutdown_timeout")
+    def follows_rules(self, value: Any, spot: str, rules: Rules) -> bool:
+        """Apply the field's declared checks; False once a problem is reported."""
+        before = len(self.problems)
+        if rules.check and (what := rules.check(value)):
+            self.problem(spot, what)
+        for item in value if rules.each else ():
+            if what := rules.each(item):
+                self.problem(_join(spot, item) if isinstance(value, dict) else spot, what)
+        return len(self.problems) == before
 
 
 def parse(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Build a Config from an already-parsed TOML document; raise ConfigError listing every problem."""
     reader = _Reader(source)
-    for key in data:
-        if key not in ("server", "limits", "apps", "webhooks"):
-            reader.problem(key, "unknown key")
-    server = reader.section(ServerConfig, data.get("server", {}), "server")
-    limits = reader.section(LimitsConfig, data.get("limits", {}), "limits")
-    webhooks = reader.section(WebhookSettings, data.get("webhooks", {}), "webhooks")
-    if webhooks is not None:
-        for f in fields(WebhookSettings):
-            if f.name != "grace" and getattr(webhooks, f.name) <= 0:
-                reader.problem(f"webhooks.{f.name}", "must be greater than 0")
-    for name in _POSITIVE:
-        if server is not None and getattr(server, name) <= 0:
-            reader.problem(f"server.{name}", "must be greater than 0")
-    if limits is not None:
-        for f in fields(LimitsConfig):
-            if getattr(limits, f.name) <= 0:
-                reader.problem(f"limits.{f.name}", "must be greater than 0")
-    apps: list[AppConfig] = []
-    raw_apps = data.get("apps", [])
-    if not isinstance(raw_apps, list):
-        reader.problem("apps", "must be an array of tables ([[apps]])")
-        raw_apps = []
-    seen: dict[str, dict[str, int]] = {"id": {}, "key": {}}
-    for index, raw in enumerate(raw_apps):
-        where = f"apps[{index}]"
-        app = reader.section(AppConfig, raw, where, required=("id", "key", "secret"),
-                             skip=("webhooks",))
-        raw_hooks = raw.get("webhooks", []) if isinstance(raw, dict) else []
-        if not isinstance(raw_hooks, list):
-            reader.problem(f"{where}.webhooks", "must be an array of tables ([[apps.webhooks]])")
-            raw_hooks = []
-        hooks = [reader.webhook(h, f"{where}.webhooks[{i}]") for i, h in enumerate(raw_hooks)]
-        if app is not None and app.authorization_timeout <= 0:
-            reader.problem(f"{where}.authorization_timeout", "must be greater than 0")
-        if app is not None and all(h is not None for h in hooks):
-            app = replace(app, webhooks=tuple(hooks))
-        if isinstance(raw, dict):
-            for attr in ("id", "key"):
-                value = raw.get(attr)
-                if isinstance(value, str) and value:
-                    if value in seen[attr]:
-                        reader.problem(f"{where}.{attr}",
-                                       f"duplicate {attr} {value!r} (also apps[{seen[attr][value]}])")
-                    else:
-                        seen[attr][value] = index
-        if app is not None:
-            apps.append(app)
-    if not raw_apps:
-        reader.problem("apps", "at least one [[apps]] table is required")
-    if reader.problems:
+    config = reader.table(Config, data, "")
+    if config is None:
         raise ConfigError(reader.problems)
-    return Config(server=server, limits=limits, apps=tuple(apps), webhooks=webhooks, source=source)
+    return replace(config, source=source)
 
 
 def load(path: str) -> Config:
