@@ -1,10 +1,17 @@
 """Cuts Autobahn's per-connection cost without changing what it does (DESIGN.md "Cost per connection").
 
+Every reach into Autobahn's internals lives here, each name listed once below, and
+tests/test_autobahn_tuning.py fails when Autobahn renames or drops one of them.
+
 - Autobahn formats its option list and several debug strings (``pformat``, ``hltype``, ``hlval``) on
   every handshake even when debug logging is off. Here those helpers return lazy values that format only
   if a debug line is really written, so debug output stays the same.
 - Autobahn copies every protocol option from the factory onto each connection unless the protocol
   already has it; setting them once on a per-factory protocol class leaves the instances without them.
+- Once a connection is open, its handshake leftovers are dropped and the state every open connection
+  holds with the same value is read from class attributes instead (``install_open_state_defaults``
+  once per class, ``shed_open_state`` once per connection).
+- The two connection states the write path needs (``is_open``, ``mark_closing``).
 """
 
 from __future__ import annotations
@@ -14,7 +21,74 @@ from pprint import pformat as _pformat
 import autobahn.twisted.websocket as _twisted_websocket
 import autobahn.websocket.protocol as _websocket_protocol
 from autobahn.util import hltype as _hltype, hlval as _hlval
+from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 
+# -- what this module touches in Autobahn ---------------------------------------------------------
+
+# Module-level names, "module:attribute[.attribute]"; each must exist.
+AUTOBAHN_NAMES = (
+    "autobahn.util:hltype",
+    "autobahn.util:hlval",
+    # apply() replaces these module globals, which Autobahn's handshake code calls.
+    "autobahn.websocket.protocol:pformat",
+    "autobahn.websocket.protocol:hltype",
+    "autobahn.websocket.protocol:hlval",
+    "autobahn.twisted.websocket:hltype",
+    "autobahn.twisted.websocket:hlval",
+    # options_on_class() reads the option names from here.
+    "autobahn.websocket.protocol:WebSocketServerProtocol.CONFIG_ATTRS",
+    "autobahn.websocket.protocol:TrafficStats",
+    "autobahn.websocket.protocol:WebSocketProtocol.STATE_OPEN",
+    "autobahn.websocket.protocol:WebSocketProtocol.STATE_CLOSING",
+)
+# Per-connection attributes Autobahn sets before onOpen that this module reads or replaces, besides
+# HANDSHAKE_LEFTOVERS and OPEN_STATE_DEFAULTS.
+CONNECTION_ATTRIBUTES = ("state", "send_queue", "trafficStats")
+
+# Soketify's own handshake state (PusherServerProtocol.onConnect keeps its admission answer for
+# onOpen), dropped with Autobahn's.
+SOKETIFY_HANDSHAKE_STATE = frozenset(("_refusal",))
+
+# Handshake state Autobahn keeps for the life of a connection although nothing reads it once open.
+HANDSHAKE_LEFTOVERS = frozenset((
+    "http_request_data", "http_status_line", "http_headers", "http_request_uri",
+    "http_request_path", "http_request_params", "http_request_host", "http_response_data",
+    "websocket_protocols", "websocket_extensions", "websocket_origin",
+    "_wskey",
+)) | SOKETIFY_HANDSHAKE_STATE
+
+# Autobahn state that every open connection holds with the same value until it starts closing.
+# Kept as class attributes instead: reads see the same value, a later write makes it per instance.
+OPEN_STATE_DEFAULTS = {
+    name: None for name in (
+        "autoPingPending", "autoPingPendingCall", "autoPingPendingSent", "autoPingTimeoutCall",
+        "closeHandshakeTimeoutCall", "openHandshakeTimeoutCall", "localCloseCode",
+        "localCloseReason", "remoteCloseCode", "remoteCloseReason", "wasNotCleanReason",
+        "trackedTimings", "_perMessageCompress", "websocket_protocol_in_use", "current_frame")
+}
+OPEN_STATE_DEFAULTS.update({
+    name: False for name in (
+        "closedByMe", "droppedByMe", "failedByMe", "wasClean", "wasCloseHandshakeTimeout",
+        "wasMaxFramePayloadSizeExceeded", "wasMaxMessagePayloadSizeExceeded",
+        "wasOpenHandshakeTimeout", "wasServerConnectionDropTimeout",
+        "wasServingFlashSocketPolicyFile", "triggered", "inside_message")
+})
+OPEN_STATE_DEFAULTS["autoPingPendingSeq"] = 0
+
+# Autobahn queues writes only for sync/chopped sends (sendFrame(sync=True or chopsize=...),
+# sendMessageFrame(sync=True)), which Soketify never makes; an empty tuple reads as an empty
+# queue at no cost per connection (and fails loudly if such a send is ever made).
+_NO_SEND_QUEUE = ()
+
+# Set on a class by install_open_state_defaults; shed_open_state refuses classes without it, since
+# their connections would lose attributes Autobahn reads later (on close, ping, errors).
+_DEFAULTS_INSTALLED = "_soketify_open_state_defaults"
+
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_STATE_CLOSING = WebSocketProtocol.STATE_CLOSING
+
+
+# -- lazy debug formatting ------------------------------------------------------------------------
 
 class _Lazy:
     """A value formatted on first use: str(), repr() and format() all compute it then."""
@@ -52,6 +126,8 @@ def apply() -> None:
         module.hlval = _lazy(_hlval)
 
 
+# -- options once per class -----------------------------------------------------------------------
+
 def options_on_class(factory) -> None:
     """Give the factory a protocol subclass carrying its options, so connections need no copies."""
     base = factory.protocol
@@ -60,3 +136,54 @@ def options_on_class(factory) -> None:
     options = {name: staticmethod(value) if callable(value) else value
                for name, value in options.items()}
     factory.protocol = type(base.__name__, (base,), options)
+
+
+# -- state of open connections --------------------------------------------------------------------
+
+def install_open_state_defaults(protocol_class) -> None:
+    """Give ``protocol_class`` the shared open-state values, so its connections can shed theirs."""
+    for name, value in OPEN_STATE_DEFAULTS.items():
+        setattr(protocol_class, name, value)
+    setattr(protocol_class, _DEFAULTS_INSTALLED, True)
+
+
+def new_traffic_totals() -> TrafficStats:
+    """One set of byte and frame counters for the whole node, shared by every shed connection."""
+    return TrafficStats()
+
+
+def shed_open_state(protocol, traffic_totals: TrafficStats) -> None:
+    """Drop what every open connection would otherwise carry separately (about 2 KB each).
+
+    Call once from ``onOpen`` (read any handshake leftovers you need first), on a connection whose
+    class went through ``install_open_state_defaults``. The connection's ``__dict__`` is replaced by
+    a compact one: no handshake leftovers, no default-valued state, an empty send queue shared by
+    all, and ``traffic_totals`` (from ``new_traffic_totals``) counting its traffic with the node's.
+    """
+    if not getattr(protocol, _DEFAULTS_INSTALLED, False):
+        raise TypeError(f"{type(protocol).__name__}: call install_open_state_defaults on the class "
+                        "before shedding a connection's open state")
+    compact = {}
+    for name, value in protocol.__dict__.items():
+        if name in HANDSHAKE_LEFTOVERS:
+            continue
+        if name in OPEN_STATE_DEFAULTS and value is OPEN_STATE_DEFAULTS[name]:
+            continue
+        compact[name] = value
+    compact["send_queue"] = _NO_SEND_QUEUE
+    compact["trafficStats"] = traffic_totals
+    # A fresh dict sized for what is left; the old one was sized for 60 attributes.
+    protocol.__dict__ = compact
+
+
+def is_open(protocol) -> bool:
+    """True while the connection is open: not yet closing, closed or still in its handshake."""
+    return protocol.state == _STATE_OPEN
+
+
+def mark_closing(protocol) -> None:
+    """Mark the connection as closing without a close frame, for one about to be aborted.
+
+    ``is_open`` is false from now on; Autobahn then ignores ``sendClose`` and ``sendPing`` and raises
+    ``Disconnected`` from ``sendMessage``, until the transport reports the loss (state closed)."""
+    protocol.state = _STATE_CLOSING
