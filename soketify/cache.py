@@ -6,24 +6,19 @@ channel nobody reads again does not hold its event in memory for ever.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 from twisted.internet.task import LoopingCall
 
-
-@dataclass(frozen=True, slots=True)
-class CachedEvent:
-    name: str
-    data: str
-    frame: bytes  # the event exactly as it was broadcast
-    expires_at: float
+from soketify.cluster.interfaces import CachedEvent
 
 
 class ChannelCache:
     def __init__(self, clock, ttl: float, sweep_interval: float = 60.0):
         self._clock = clock
         self.ttl = ttl
-        self._events: dict[tuple[str, str], CachedEvent] = {}
+        # (app id, channel) -> (frame text, event name, data, expiry time)
+        self._events: dict[tuple[str, str], tuple[str, str, str, float]] = {}
         self._sweep = LoopingCall(self.purge_expired)
         self._sweep.clock = clock
         self._sweep_interval = sweep_interval
@@ -35,24 +30,25 @@ class ChannelCache:
         if self._sweep.running:
             self._sweep.stop()
 
-    def put(self, app_id: str, channel: str, name: str, data: str, frame: bytes) -> None:
-        self._events[(app_id, channel)] = CachedEvent(name, data, frame,
-                                                      self._clock.seconds() + self.ttl)
+    def put(self, app_id: str, channel: str, text: str, name: str, data: str) -> None:
+        """Keep ``text``, the event exactly as it was broadcast."""
+        self._events[(app_id, channel)] = (text, name, data, self._clock.seconds() + self.ttl)
 
     def get(self, app_id: str, channel: str) -> CachedEvent | None:
         key = (app_id, channel)
-        event = self._events.get(key)
-        if event is not None and event.expires_at <= self._clock.seconds():
+        entry = self._events.get(key)
+        if entry is None:
+            return None
+        text, name, data, expires_at = entry
+        left = expires_at - self._clock.seconds()
+        if left <= 0:
             del self._events[key]
             return None
-        return event
-
-    def seconds_left(self, event: CachedEvent) -> int:
-        return max(0, int(event.expires_at - self._clock.seconds()))
+        return CachedEvent(text, name, data, math.ceil(left))
 
     def purge_expired(self) -> None:
         now = self._clock.seconds()
-        for key in [k for k, e in self._events.items() if e.expires_at <= now]:
+        for key in [k for k, entry in self._events.items() if entry[3] <= now]:
             del self._events[key]
 
     def __len__(self) -> int:

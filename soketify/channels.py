@@ -1,69 +1,31 @@
-"""Per-app channel state on this node: who is subscribed to what, and presence members.
+"""This node's subscribers per channel of one app: who gets an event when it arrives here.
 
 Pure domain code: a connection is any object with a ``socket_id`` and a ``channels`` collection (the
 names it is subscribed to; an empty frozenset until the first subscribe gives it a set of its own, so
-idle connections carry no set); this module never sends anything.
+idle connections carry no set). Cluster-wide facts (counts, presence members) live in the engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterator
-
-
-@dataclass(slots=True)
-class Member:
-    """A presence member: one user, however many of its connections are subscribed."""
-
-    user_id: str
-    user_info: Any
-    connections: int = 0
+from typing import Any
 
 
 class Channel:
-    """One occupied channel: its subscribers by socket id, in subscription order.
+    """One channel with subscribers on this node, in subscription order.
 
-    Presence channels also track ``members`` by user id and which user each socket joined as.
-    """
+    On presence channels ``user_of_socket`` says which user each socket joined as (client events
+    carry it, and leaving tells the engine which member may be gone)."""
 
-    __slots__ = ("name", "subscribers", "members", "user_of_socket")
+    __slots__ = ("name", "subscribers", "user_of_socket")
 
-    def __init__(self, name: str, presence: bool = False):
+    def __init__(self, name: str):
         self.name = name
         self.subscribers: dict[str, Any] = {}
-        self.members: dict[str, Member] | None = {} if presence else None
-        self.user_of_socket: dict[str, str] | None = {} if presence else None
-
-    @property
-    def subscription_count(self) -> int:
-        return len(self.subscribers)
-
-    @property
-    def user_count(self) -> int:
-        return len(self.members) if self.members is not None else 0
-
-    def presence_data(self) -> dict:
-        """The members as ``subscription_succeeded`` carries them on presence channels."""
-        members = self.members or {}
-        return {"presence": {"ids": list(members), "count": len(members),
-                             "hash": {uid: m.user_info for uid, m in members.items()}}}
-
-
-@dataclass(slots=True)
-class Subscribed:
-    channel: Channel
-    new: bool  # False for a repeated subscribe on the same connection
-    member_added: Member | None = None  # the user's first connection joined
-
-
-@dataclass(slots=True)
-class Unsubscribed:
-    channel: Channel
-    member_removed: Member | None = None  # the user's last connection left
+        self.user_of_socket: dict[str, str] | None = None
 
 
 class AppChannels:
-    """The occupied channels of one app. A channel exists only while it has a subscriber."""
+    """The channels of one app with subscribers on this node. A channel exists only while it has one."""
 
     def __init__(self) -> None:
         self._channels: dict[str, Channel] = {}
@@ -71,65 +33,51 @@ class AppChannels:
     def get(self, name: str) -> Channel | None:
         return self._channels.get(name)
 
-    def subscribe(self, connection: Any, name: str, member: tuple[str, Any] | None = None,
-                  presence: bool = False) -> Subscribed:
-        """Add a subscriber; on presence channels ``member`` is its (user_id, user_info)."""
+    def add(self, connection: Any, name: str, user_id: str | None = None) -> bool:
+        """Add a subscriber (on presence channels, as ``user_id``); False if it already was one."""
         channel = self._channels.get(name)
         if channel is None:
-            channel = self._channels[name] = Channel(name, presence)
+            channel = self._channels[name] = Channel(name)
         socket_id = connection.socket_id
         if socket_id in channel.subscribers:
-            return Subscribed(channel, False)
+            return False
         channel.subscribers[socket_id] = connection
         if type(connection.channels) is not set:
             connection.channels = set()
         connection.channels.add(name)
-        added = None
-        if channel.members is not None and member is not None:
-            user_id, user_info = member
-            existing = channel.members.get(user_id)
-            if existing is None:
-                existing = added = channel.members[user_id] = Member(user_id, user_info)
-            existing.connections += 1
+        if user_id is not None:
+            if channel.user_of_socket is None:
+                channel.user_of_socket = {}
             channel.user_of_socket[socket_id] = user_id
-        return Subscribed(channel, True, added)
+        return True
 
-    def would_add_member(self, name: str, user_id: str) -> bool:
-        channel = self._channels.get(name)
-        return channel is None or channel.members is None or user_id not in channel.members
-
-    def member_count(self, name: str) -> int:
-        channel = self._channels.get(name)
-        return channel.user_count if channel is not None else 0
-
-    def unsubscribe(self, connection: Any, name: str) -> Unsubscribed | None:
-        """Remove a subscriber; None if it was not subscribed."""
+    def remove(self, connection: Any, name: str) -> tuple[bool, str | None]:
+        """Remove a subscriber: (whether it was one, the user it had joined as)."""
         channel = self._channels.get(name)
         socket_id = connection.socket_id
         if channel is None or channel.subscribers.pop(socket_id, None) is None:
-            return None
+            return False, None
         connection.channels.discard(name)
-        removed = None
-        if channel.user_of_socket is not None:
-            user_id = channel.user_of_socket.pop(socket_id, None)
-            member = channel.members.get(user_id) if user_id is not None else None
-            if member is not None:
-                member.connections -= 1
-                if member.connections == 0:
-                    removed = channel.members.pop(user_id)
+        user_id = channel.user_of_socket.pop(socket_id, None) if channel.user_of_socket else None
         if not channel.subscribers:
             del self._channels[name]
-        return Unsubscribed(channel, removed)
+        return True, user_id
 
-    def remove_connection(self, connection: Any) -> list[Unsubscribed]:
-        """Unsubscribe a closing connection from everything; returns what it left."""
-        left = [self.unsubscribe(connection, name) for name in list(connection.channels)]
-        return [result for result in left if result is not None]
+    def remove_connection(self, connection: Any) -> list[tuple[str, str | None]]:
+        """Unsubscribe a closing connection from everything: [(channel, user it had joined as)]."""
+        left = []
+        for name in list(connection.channels):
+            removed, user_id = self.remove(connection, name)
+            if removed:
+                left.append((name, user_id))
+        return left
 
-    def occupied(self, prefix: str = "") -> Iterator[Channel]:
-        for name, channel in self._channels.items():
-            if name.startswith(prefix):
-                yield channel
+    def user_of(self, name: str, socket_id: str) -> str | None:
+        """The user a socket joined a presence channel as, else None."""
+        channel = self._channels.get(name)
+        if channel is None or channel.user_of_socket is None:
+            return None
+        return channel.user_of_socket.get(socket_id)
 
     def __len__(self) -> int:
         return len(self._channels)

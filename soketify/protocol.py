@@ -195,3 +195,15 @@ def event(name: str, channel: str, data: str, user_id: str | None = None) -> str
     if user_id is not None:
         frame["user_id"] = user_id
     return _dumps(frame)
+
+
+def member_added(channel: str, user_id: str, user_info: Any) -> str:
+    return encode(MEMBER_ADDED, {"user_id": user_id, "user_info": user_info}, channel)
+
+
+def member_removed(channel: str, user_id: str) -> str:
+    return encode(MEMBER_REMOVED, {"user_id": user_id}, channel)
+
+
+def subscription_count(channel: str, count: int) -> str:
+    return encode(SUBSCRIPTION_COUNT, {"subscription_count": count}, channel)

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
 from soketify import protocol, signing
+from soketify.cluster.interfaces import ClusterUnavailable
 from soketify.config import AppConfig, LimitsConfig
 from soketify.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
@@ -53,11 +54,12 @@ class RestApi:
 
     app = Klein()
 
-    def __init__(self, hub, clock, limits: LimitsConfig, is_ready, metrics=None):
+    def __init__(self, hub, clock, limits: LimitsConfig, unready_reason, metrics=None):
+        """``unready_reason()`` says why the node does not serve now, or None when it does."""
         self.hub = hub
         self.clock = clock
         self.limits = limits
-        self._is_ready = is_ready
+        self._unready_reason = unready_reason
         self._metrics = metrics
 
     def resource(self):
@@ -75,9 +77,10 @@ class RestApi:
 
     @app.route("/ready", methods=["GET"])
     def ready(self, request):
-        if self._is_ready():
+        reason = self._unready_reason()
+        if reason is None:
             return _json(request, 200, {"ready": True})
-        return _json(request, 503, {"ready": False, "error": "Server is shutting down"})
+        return _json(request, 503, {"ready": False, "error": reason})
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):
@@ -94,6 +97,10 @@ class RestApi:
     @app.handle_errors(ApiError)
     def api_error(self, request, failure):
         return _json(request, failure.value.status, {"error": failure.value.message})
+
+    @app.handle_errors(ClusterUnavailable)
+    def cluster_unavailable(self, request, failure):
+        return _json(request, 503, {"error": "The server cannot reach its cluster; try again"})
 
     @app.handle_errors(Exception)
     def internal_error(self, request, failure):
@@ -270,9 +277,9 @@ class RestApi:
         body = {"occupied": stats.occupied}
         body.update(self._stats_body(channel, stats, info))
         if "cache" in info:
-            cached = self.hub.cache.get(app.id, channel)
+            cached = await self.hub.cached_event(app.id, channel)
             body["cache"] = None if cached is None else {
-                "event": cached.name, "data": cached.data, "ttl": self.hub.cache.seconds_left(cached)}
+                "event": cached.name, "data": cached.data, "ttl": cached.ttl}
         return _json(request, 200, body)
 
     @app.route("/apps/<string:app_id>/channels/<string:channel>/users", methods=["GET"])

@@ -7,22 +7,24 @@ import os
 import sys
 
 from twisted.application import service, strports
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
 from soketify import autobahn_tuning, protocol
 from soketify.activity import ActivityMonitor
 from soketify.apps import AppRegistry
-from soketify.cluster import LocalCluster
+from soketify.cluster import make_cluster
 from soketify.config import Config, ConfigError, load_default
 from soketify.hub import Hub
 from soketify.metrics import Metrics
 from soketify.outbox import Outbox
 from soketify.rest import RestApi
+from soketify.session import Sessions
 from soketify.web import ApiSite, SwitchFactory
 from soketify.webhooks import Webhooks, treq_post
-from soketify.websocket import PusherServerFactory, frame_text
+from soketify.frames import text_frame
+from soketify.websocket import PusherServerFactory
 
 log = Logger()
 
@@ -79,19 +81,20 @@ class SoketifyService(service.MultiService):
                                      webhook_post or treq_post(reactor),
                                      dropped=self.metrics.webhook_dropped,
                                      delivered=self.metrics.webhook_delivered)
-        self.hub = Hub(AppRegistry(config.apps), LocalCluster(), frame_text, config.limits, reactor,
-                       webhooks=self.webhooks, webhook_grace=config.webhooks.grace)
+        self.cluster = make_cluster(config, reactor)
+        self.hub = Hub(AppRegistry(config.apps), self.cluster, text_frame, config.limits, reactor,
+                       webhooks=self.webhooks)
         self.metrics.watch_hub(self.hub)
         self.websocket = PusherServerFactory(
-            self.hub, reactor, server.activity_timeout, server.max_message_size,
-            server.max_send_buffer)
+            self.hub, Sessions(self.hub, config.limits, reactor), reactor, server.activity_timeout,
+            server.max_message_size, server.max_send_buffer)
         autobahn_tuning.options_on_class(self.websocket)
         auth_timeouts = [a.authorization_timeout for a in config.apps if a.authorized_connections]
-        self.activity = ActivityMonitor(reactor, self.websocket.connections,
+        self.activity = ActivityMonitor(reactor, self.hub.connections,
                                         server.activity_timeout, server.pong_timeout,
                                         self.hub.authorization_overdue,
                                         min(auth_timeouts) if auth_timeouts else None)
-        api = RestApi(self.hub, reactor, config.limits, lambda: self.ready, self.metrics)
+        api = RestApi(self.hub, reactor, config.limits, self.unready_reason, self.metrics)
         site = ApiSite(api.resource(), config.limits.max_request_body_bytes, reactor=reactor)
         self.listeners = []
         switch = SwitchFactory(self.websocket, site)
@@ -105,24 +108,35 @@ class SoketifyService(service.MultiService):
             log.warn("No config file: serving the development app (id 'app-id', key 'app-key', "
                      "secret 'app-secret'). These credentials are public; do not use them in "
                      "production.")
+        self.cluster.startService()
         super().startService()
         if self.webhooks is not None:
             opened = self.outbox.open()
             opened.addCallback(lambda _: self.webhooks.resume())
             opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
-        self.hub.start()
         self.activity.start()
         self.ready = True
         log.info("Soketify listening on {listen}", listen=", ".join(self.config.server.listen))
+
+    def unready_reason(self) -> str | None:
+        """Why /ready answers 503, or None while the node serves as part of its cluster."""
+        if not self.ready:
+            return "Server is starting or shutting down"
+        if not self.cluster.ready:
+            return "Server is not connected to its cluster"
+        return None
 
     def stopService(self):
         self.ready = False
         self.websocket.stopping = True
         self.activity.stop()
-        stopped = DeferredList([succeed(listener.stopService()) for listener in self.listeners])
+        # Each listener's stopService answers once its port has really stopped listening.
+        stopped = DeferredList([maybeDeferred(listener.stopService) for listener in self.listeners],
+                               fireOnOneErrback=True, consumeErrors=True)
         stopped.addCallback(lambda _: self._move_clients())
-        # Only once every client is gone: their vacated/member_removed events are sent, not lost.
+        # Only once every client is gone: their vacated/member_removed events are decided, not lost.
         stopped.addCallback(lambda _: self.hub.stop())
+        stopped.addCallback(lambda _: self.cluster.stopService())
         if self.webhooks is not None:
             stopped.addCallback(lambda _: self.webhooks.stop())
         stopped.addCallback(lambda _: service.Service.stopService(self))
@@ -130,30 +144,27 @@ class SoketifyService(service.MultiService):
 
     def _move_clients(self) -> Deferred:
         """Send every client 4200 so pusher-js reconnects at once; abort stragglers after a bound."""
-        connections = self.websocket.connections
-        done = Deferred()
+        connections = self.hub.connections
+        gone = self.hub.when_no_connections()
         if not connections:
-            done.callback(None)
-            return done
+            return gone
         log.info("Asking {count} clients to reconnect elsewhere", count=len(connections))
         error = protocol.error(protocol.RECONNECT_NOW, "Server is shutting down")
         for connection in list(connections):
             connection.send(error)
             connection.close(protocol.RECONNECT_NOW, "Server is shutting down")
 
-        def check():
-            if not connections:
-                done.callback(None)
-                return
-            if self.reactor.seconds() >= deadline:
-                # Aborted connections report their loss on a later turn; check again then.
-                for connection in list(connections):
-                    connection.transport.abortConnection()
-            self.reactor.callLater(0.05, check)
+        def abort_stragglers():
+            # Aborted connections report their loss on a later turn; `gone` fires then.
+            for connection in list(connections):
+                connection.transport.abortConnection()
+        straggling = self.reactor.callLater(self.config.server.shutdown_timeout, abort_stragglers)
 
-        deadline = self.reactor.seconds() + self.config.server.shutdown_timeout
-        self.reactor.callLater(0.05, check)
-        return done
+        def all_gone(result):
+            if straggling.active():
+                straggling.cancel()
+            return result
+        return gone.addBoth(all_gone)
 
 
 def outbox_path(config: Config) -> str:

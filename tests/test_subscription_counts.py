@@ -7,6 +7,7 @@ from twisted.trial import unittest
 
 from soketify.subscription_counts import SubscriptionCountAnnouncer
 from tests.support import APP, Rig, make_config
+from tests.test_presence import join
 
 
 class AnnouncerTests(unittest.TestCase):
@@ -80,11 +81,11 @@ class HubSubscriptionCountTests(unittest.TestCase):
         client.subscribe("news")
         self.assertEqual(self.counts(client), [])
         rig = Rig(self, make_config(apps=[dict(APP, subscription_count=True)]))
-        hub, announced = rig.hub, []
-        self.patch(hub._counts, "changed", lambda *args: announced.append(args))
-        hub._subscribers_changed(hub.apps.by_id("app-id"), "presence-room", 3)
-        hub._subscribers_changed(hub.apps.by_id("app-id"), "news", 3)
-        self.assertEqual(announced, [("app-id", "news", 3)])
+        first, second = rig.connect(), rig.connect()
+        join(first, "presence-room", "alice")
+        join(second, "presence-room", "bob")
+        self.assertEqual(self.counts(first), [])
+        self.assertEqual(self.counts(second), [])
 
     def test_repeat_subscribe_is_not_a_change(self):
         """Subscribing twice on one connection does not announce a new count."""

@@ -135,7 +135,7 @@ class EventTests(unittest.TestCase):
         settle(rig)
         self.assertEqual(receiver.events(), [{"name": "cache_miss", "channel": "cache-x"}])
         rig.hub.publish("app-id", ["cache-x"], "e", "1")
-        rig.advance(rig.hub.cache.ttl + 61, step=30)
+        rig.advance(rig.service.config.limits.cache_ttl + 61, step=30)
         rig.connect().subscribe("cache-x")
         settle(rig)
         self.assertEqual(len(receiver.events()), 2)

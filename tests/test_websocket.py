@@ -148,7 +148,8 @@ class SubscribeTests(unittest.TestCase):
         self.assertEqual(client.subscribe("news")["event"], "pusher_internal:subscription_succeeded")
         rig.hub.publish("app-id", ["news"], "e", "x")
         self.assertEqual(len(client.events()), 1)
-        self.assertEqual(rig.hub.local_channel_stats("app-id", ["news"])["news"].subscription_count, 1)
+        stats = self.successResultOf(rig.hub.channel_stats("app-id", ["news"]))
+        self.assertEqual(stats["news"].subscription_count, 1)
 
     def test_unsubscribe_stops_delivery(self):
         """After pusher:unsubscribe no more events arrive on that channel."""
@@ -178,7 +179,7 @@ class SubscribeTests(unittest.TestCase):
         client.subscribe("news")
         client.close()
         rig.advance(2)
-        self.assertEqual(rig.hub.local_occupied_channels("app-id", ""), {})
+        self.assertEqual(self.successResultOf(rig.hub.occupied_channels("app-id")), {})
         self.assertEqual(rig.hub.connection_count("app-id"), 0)
 
     def test_socket_id_exclusion(self):
@@ -242,7 +243,8 @@ class SlowClientTests(unittest.TestCase):
         self.assertTrue(slow.transport.lost)
         self.assertFalse(fast.transport.lost)
         self.assertEqual(len(fast.events()), 20)
-        self.assertEqual(rig.hub.local_channel_stats("app-id", ["news"])["news"].subscription_count, 1)
+        stats = self.successResultOf(rig.hub.channel_stats("app-id", ["news"]))
+        self.assertEqual(stats["news"].subscription_count, 1)
 
 
 class GracefulStopTests(unittest.TestCase):
@@ -284,13 +286,14 @@ class FailureIsolationTests(unittest.TestCase):
         rig = Rig(self)
         victim, bystander = rig.connect(), rig.connect()
         bystander.subscribe("news")
-        original = rig.hub.handle
+        sessions = rig.service.websocket.sessions
+        original = sessions._dispatch
 
-        def handle(connection, message):
+        def dispatch(connection, message):
             if connection.socket_id == victim.socket_id:
                 raise RuntimeError("boom")
             return original(connection, message)
-        self.patch(rig.hub, "handle", handle)
+        self.patch(sessions, "_dispatch", dispatch)
         victim.send("pusher:ping")
         victim.events()
         self.assertEqual(victim.close_code, 4200)

@@ -1,13 +1,14 @@
-"""The node-to-node layer. Every backend offers the same small interface as ``LocalCluster``:
+"""The cluster engines behind one interface (``interfaces.ICluster``), chosen by ``[cluster] engine``."""
 
-- ``attach(hub)``: the hub whose connections this node serves;
-- ``publish(app_id, channel, frame, except_socket_id)``: deliver one framed event on every node;
-- ``channel_stats(app_id, names)``: Deferred of {name: ChannelStats} for the named channels, cluster-wide;
-- ``occupied_channels(app_id, prefix)``: Deferred of {name: ChannelStats} for occupied channels;
-- ``channel_members(app_id, name)``: Deferred of the user ids on a presence channel;
-- ``terminate_user(app_id, user_id)``: close that user's connections on every node.
-"""
+from __future__ import annotations
 
+from soketify.cluster.interfaces import ICluster
 from soketify.cluster.local import LocalCluster
 
-__all__ = ["LocalCluster"]
+
+def make_cluster(config, reactor) -> ICluster:
+    """The engine the config asks for."""
+    return LocalCluster(reactor, config.limits, config.webhooks.grace)
+
+
+__all__ = ["ICluster", "LocalCluster", "make_cluster"]
