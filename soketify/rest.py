@@ -6,7 +6,9 @@ Every answer is JSON: ``{}`` or the requested information on success, ``{"error"
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qsl, unquote
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import unquote, unquote_to_bytes
 
 from klein import Klein
 from twisted.logger import Logger
@@ -22,6 +24,7 @@ log = Logger()
 EVENT_INFO = frozenset(("user_count", "subscription_count"))
 CHANNEL_INFO = frozenset(("user_count", "subscription_count", "cache"))
 CHANNELS_INFO = frozenset(("user_count", "subscription_count"))
+CLUSTER_UNAVAILABLE = "The server cannot reach its cluster; try again"
 
 
 class ApiError(Exception):
@@ -32,9 +35,12 @@ class ApiError(Exception):
 
 
 def _json(request, status: int, body) -> bytes:
+    encoded = json.dumps(body, separators=(",", ":")).encode()
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(body, separators=(",", ":")).encode()
+    # Klein writes every answer after rendering, so without this twisted.web sends it chunked.
+    request.setHeader(b"Content-Length", b"%d" % len(encoded))
+    return encoded
 
 
 def _info_attributes(raw: object, allowed: frozenset, what: str) -> list[str]:
@@ -47,6 +53,62 @@ def _info_attributes(raw: object, allowed: frozenset, what: str) -> list[str]:
         if attribute not in allowed:
             raise ApiError(400, f"{what}: unknown info attribute {attribute!r}")
     return attributes
+
+
+def _query_component(raw: bytes) -> str:
+    try:
+        return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "The query string is not valid UTF-8 once percent-decoded")
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    """The query as the SDKs encode it: percent-decoded once, UTF-8, ``+`` for a space, each name
+    once. A repeat is refused: the signed string holds one value per name, so which one would count?"""
+    params: dict[str, str] = {}
+    seen: set[str] = set()
+    for field in raw.split(b"&"):
+        if not field:
+            continue
+        name, _, value = field.partition(b"=")
+        name = _query_component(name)
+        if name.lower() in seen:  # lowercased, as names are in the signed string
+            raise ApiError(400, f"Query parameter {name!r} is repeated")
+        seen.add(name.lower())
+        params[name] = _query_component(value)
+    return params
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise ApiError(400, "Request body must be JSON")
+    if not isinstance(document, dict):
+        raise ApiError(400, "Request body must be a JSON object")
+    return document
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """One authenticated REST request: its query parsed once, the only form handlers read."""
+
+    app: AppConfig
+    method: str
+    path: str  # as signed: as sent, or percent-decoded for escaped channel names
+    params: Mapping[str, str]
+    body: bytes
+
+    @property
+    def filter_by_prefix(self) -> str:
+        return self.params.get("filter_by_prefix", "")
+
+    def info(self, allowed: frozenset) -> list[str]:
+        """The ``info`` attributes asked for, each one of the endpoint's ``allowed`` set."""
+        return _info_attributes(self.params.get("info"), allowed, "info")
+
+    def json_object(self) -> dict:
+        return _json_object(self.body)
 
 
 class RestApi:
@@ -100,7 +162,7 @@ class RestApi:
 
     @app.handle_errors(ClusterUnavailable)
     def cluster_unavailable(self, request, failure):
-        return _json(request, 503, {"error": "The server cannot reach its cluster; try again"})
+        return _json(request, 503, {"error": CLUSTER_UNAVAILABLE})
 
     @app.handle_errors(Exception)
     def internal_error(self, request, failure):
@@ -109,25 +171,33 @@ class RestApi:
 
     # -- authentication ------------------------------------------------------------------------
 
-    @staticmethod
-    def _query(request) -> dict[str, str]:
-        query = request.uri.partition(b"?")[2].decode("utf-8", "replace")
-        return dict(parse_qsl(query, keep_blank_values=True))
+    def _authenticate(self, request, app_id: str | None) -> ApiRequest:
+        """Parse the query once and check the signature. Without an app id in the path (the Python
+        SDK's terminate_connections), the app is the one owning auth_key."""
+        params = parse_query(request.uri.partition(b"?")[2])
+        app = self._find_app(app_id, params)
+        if getattr(request, "body_too_large", False):
+            raise ApiError(413, "Request body is too large")
+        body = request.content.read() if request.content is not None else b""
+        self._check_auth_params(app, params, body)
+        method = request.method.decode()
+        path = self._signed_path(app, method, request.path.decode("utf-8", "replace"), params)
+        if not app.enabled:
+            raise ApiError(403, "App is disabled")
+        return ApiRequest(app, method, path, params, body)
 
-    def _authenticate(self, request, app_id: str | None) -> tuple[AppConfig, bytes]:
-        """Check the request signature; returns the app and the raw body. Without an app id in the
-        path (the Python SDK's terminate_connections), the app is the one owning auth_key."""
-        params = self._query(request)
+    def _find_app(self, app_id: str | None, params: Mapping[str, str]) -> AppConfig:
         if app_id is None:
             app = self.hub.apps.by_key(params.get("auth_key", ""))
             if app is None:
                 raise ApiError(401, "auth_key does not belong to any app")
-        else:
-            app = self.hub.apps.by_id(app_id)
-            if app is None:
-                raise ApiError(404, f"Unknown app {app_id!r}")
-        if getattr(request, "body_too_large", False):
-            raise ApiError(413, "Request body is too large")
+            return app
+        app = self.hub.apps.by_id(app_id)
+        if app is None:
+            raise ApiError(404, f"Unknown app {app_id!r}")
+        return app
+
+    def _check_auth_params(self, app: AppConfig, params: Mapping[str, str], body: bytes) -> None:
         if params.get("auth_key") != app.key:
             raise ApiError(401, "auth_key is missing or does not belong to this app")
         try:
@@ -139,32 +209,27 @@ class RestApi:
             raise ApiError(401, f"auth_timestamp is more than {skew} seconds from server time")
         if params.get("auth_version") != "1.0":
             raise ApiError(401, "auth_version must be 1.0")
-        body = request.content.read() if request.content is not None else b""
         if body or "body_md5" in params:
             if params.get("body_md5") != signing.body_md5(body):
                 raise ApiError(401, "body_md5 does not match the request body")
-        method = request.method.decode()
-        raw_path = request.path.decode("utf-8", "replace")
+
+    @staticmethod
+    def _signed_path(app: AppConfig, method: str, raw_path: str, params: Mapping[str, str]) -> str:
+        """The path the signature covers. Clients sign the path as they send it; accept the
+        decoded form too for escaped names."""
         signature = params.get("auth_signature")
-        # Clients sign the path as they send it; accept the decoded form too for escaped names.
-        if not (signing.verify_rest_signature(app.secret, method, raw_path, params, signature)
-                or ("%" in raw_path and signing.verify_rest_signature(
-                    app.secret, method, unquote(raw_path), params, signature))):
-            raise ApiError(401, "Invalid signature: check the app secret and the signed string")
-        if not app.enabled:
-            raise ApiError(403, "App is disabled")
-        return app, body
+        candidates = [raw_path, unquote(raw_path)] if "%" in raw_path else [raw_path]
+        for path in candidates:
+            if signing.verify_rest_signature(app.secret, method, path, params, signature):
+                return path
+        raise ApiError(401, "Invalid signature: check the app secret and the signed string")
+
+    def _require_cluster(self) -> None:
+        """A node cut off from its cluster must not accept events it cannot deliver everywhere."""
+        if not self.hub.cluster.ready:
+            raise ApiError(503, CLUSTER_UNAVAILABLE)
 
     # -- events --------------------------------------------------------------------------------
-
-    def _parse_json_object(self, body: bytes) -> dict:
-        try:
-            document = json.loads(body)
-        except ValueError:
-            raise ApiError(400, "Request body must be JSON")
-        if not isinstance(document, dict):
-            raise ApiError(400, "Request body must be a JSON object")
-        return document
 
     def _event(self, event: object, where: str, batch: bool) -> dict:
         """Validate one event; returns name, data, channels, socket_id and info attributes."""
@@ -220,31 +285,34 @@ class RestApi:
 
     @app.route("/apps/<string:app_id>/events", methods=["POST"])
     async def events(self, request, app_id):
-        app, body = self._authenticate(request, app_id)
-        event = self._event(self._parse_json_object(body), "event", batch=False)
-        self.hub.publish(app.id, event["channels"], event["name"], event["data"], event["socket_id"])
+        api = self._authenticate(request, app_id)
+        event = self._event(api.json_object(), "event", batch=False)
+        self._require_cluster()
+        self.hub.publish(api.app.id, event["channels"], event["name"], event["data"],
+                         event["socket_id"])
         if not event["info"]:
             return _json(request, 200, {})
-        return _json(request, 200, {"channels": await self._event_info(app.id, event)})
+        return _json(request, 200, {"channels": await self._event_info(api.app.id, event)})
 
     @app.route("/apps/<string:app_id>/batch_events", methods=["POST"])
     async def batch_events(self, request, app_id):
-        app, body = self._authenticate(request, app_id)
-        batch = self._parse_json_object(body).get("batch")
+        api = self._authenticate(request, app_id)
+        batch = api.json_object().get("batch")
         if not isinstance(batch, list) or not batch:
             raise ApiError(400, "batch must be a non-empty list of events")
         if len(batch) > self.limits.max_batch_events:
             raise ApiError(400, f"batch has more than {self.limits.max_batch_events} events")
         # Validate everything first: a batch is published whole or not at all.
         events = [self._event(e, f"batch[{i}]", batch=True) for i, e in enumerate(batch)]
+        self._require_cluster()
         for event in events:
-            self.hub.publish(app.id, event["channels"], event["name"], event["data"],
+            self.hub.publish(api.app.id, event["channels"], event["name"], event["data"],
                              event["socket_id"])
         if not any(event["info"] for event in events):
             return _json(request, 200, {})
         answers = []
         for event in events:
-            info = await self._event_info(app.id, event) if event["info"] else {}
+            info = await self._event_info(api.app.id, event) if event["info"] else {}
             answers.append(info.get(event["channels"][0], {}))
         return _json(request, 200, {"batch": answers})
 
@@ -252,45 +320,42 @@ class RestApi:
 
     @app.route("/apps/<string:app_id>/channels", methods=["GET"])
     async def channels(self, request, app_id):
-        app, _ = self._authenticate(request, app_id)
-        args = request.args
-        prefix = args.get(b"filter_by_prefix", [b""])[0].decode("utf-8", "replace")
-        info = _info_attributes(args.get(b"info", [b""])[0].decode("utf-8", "replace"),
-                                CHANNELS_INFO, "info")
+        api = self._authenticate(request, app_id)
+        prefix = api.filter_by_prefix
+        info = api.info(CHANNELS_INFO)
         if "user_count" in info and not prefix.startswith("presence-"):
             raise ApiError(400, "info=user_count needs filter_by_prefix starting with presence-")
-        occupied = await self.hub.occupied_channels(app.id, prefix)
+        occupied = await self.hub.occupied_channels(api.app.id, prefix)
         return _json(request, 200, {"channels": {
             name: self._stats_body(name, stats, info) for name, stats in occupied.items()}})
 
     @app.route("/apps/<string:app_id>/channels/<string:channel>", methods=["GET"])
     async def channel(self, request, app_id, channel):
-        app, _ = self._authenticate(request, app_id)
+        api = self._authenticate(request, app_id)
         problem = protocol.channel_name_problem(channel, self.limits.max_channel_name_length)
         if problem is not None:
             raise ApiError(400, problem)
-        info = _info_attributes(request.args.get(b"info", [b""])[0].decode("utf-8", "replace"),
-                                CHANNEL_INFO, "info")
+        info = api.info(CHANNEL_INFO)
         if "user_count" in info and not protocol.is_presence(channel):
             raise ApiError(400, "info=user_count is only available for presence channels")
-        stats = (await self.hub.channel_stats(app.id, [channel]))[channel]
+        stats = (await self.hub.channel_stats(api.app.id, [channel]))[channel]
         body = {"occupied": stats.occupied}
         body.update(self._stats_body(channel, stats, info))
         if "cache" in info:
-            cached = await self.hub.cached_event(app.id, channel)
+            cached = await self.hub.cached_event(api.app.id, channel)
             body["cache"] = None if cached is None else {
                 "event": cached.name, "data": cached.data, "ttl": cached.ttl}
         return _json(request, 200, body)
 
     @app.route("/apps/<string:app_id>/channels/<string:channel>/users", methods=["GET"])
     async def channel_users(self, request, app_id, channel):
-        app, _ = self._authenticate(request, app_id)
+        api = self._authenticate(request, app_id)
         if not protocol.is_presence(channel):
             raise ApiError(400, "Users can only be listed on presence channels")
         problem = protocol.channel_name_problem(channel, self.limits.max_channel_name_length)
         if problem is not None:
             raise ApiError(400, problem)
-        members = await self.hub.channel_members(app.id, channel)
+        members = await self.hub.channel_members(api.app.id, channel)
         return _json(request, 200, {"users": [{"id": user_id} for user_id in members]})
 
     # -- users ---------------------------------------------------------------------------------
@@ -298,8 +363,8 @@ class RestApi:
     @app.route("/apps/<string:app_id>/users/<string:user_id>/terminate_connections",
                methods=["POST"])
     async def terminate_connections(self, request, app_id, user_id):
-        app, _ = self._authenticate(request, app_id)
-        await self.hub.terminate_user(app.id, user_id)
+        api = self._authenticate(request, app_id)
+        await self.hub.terminate_user(api.app.id, user_id)
         return _json(request, 200, {})
 
     @app.route("/users/<string:user_id>/terminate_connections", methods=["POST"])

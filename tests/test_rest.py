@@ -4,6 +4,7 @@ import json
 
 from twisted.trial import unittest
 
+from soketify import rest
 from tests.support import APP, Rig, make_config
 
 
@@ -249,3 +250,83 @@ class ChannelQueryTests(unittest.TestCase):
         response = self.rig.signed("GET", "/apps/app-id/channels/a=b@c,d;e.f")
         self.assertEqual(response.json(), {"occupied": True})
         json.dumps(response.json())
+
+
+class QueryParsingTests(unittest.TestCase):
+    def setUp(self):
+        self.rig = Rig(self)
+
+    def test_query_that_is_not_utf8_is_400(self):
+        """A query whose percent-decoded bytes are not UTF-8 is refused with 400, not patched up."""
+        response = self.rig.http("GET", "/apps/app-id/channels?auth_key=app-key&filter_by_prefix=%FF")
+        self.assertEqual(response.status, 400)
+        self.assertIn("UTF-8", response.json()["error"])
+
+    def test_repeated_auth_parameter_is_400(self):
+        """An auth parameter given twice (in any letter case) is 400 with an error naming it."""
+        for query in ("auth_key=app-key&auth_key=other", "auth_signature=a&auth_signature=b",
+                      "auth_timestamp=1&AUTH_TIMESTAMP=2"):
+            response = self.rig.http("GET", f"/apps/app-id/channels?{query}")
+            self.assertEqual(response.status, 400, query)
+            self.assertIn("auth_", response.json()["error"].lower(), query)
+
+    def test_query_is_percent_decoded_once(self):
+        """A value is percent-decoded exactly once: filter_by_prefix a%41 does not match aAx."""
+        self.rig.connect().subscribe("aAx")
+        once = self.rig.signed("GET", "/apps/app-id/channels", params={"filter_by_prefix": "a%41"})
+        self.assertEqual((once.status, once.json()), (200, {"channels": {}}))
+        plain = self.rig.signed("GET", "/apps/app-id/channels", params={"filter_by_prefix": "aA"})
+        self.assertEqual(plain.json(), {"channels": {"aAx": {}}})
+
+    def test_utf8_query_values_are_signed_decoded(self):
+        """Non-ASCII query values are checked against the signature in their decoded UTF-8 form."""
+        response = self.rig.signed("GET", "/apps/app-id/channels",
+                                   params={"filter_by_prefix": "presence-\u00e9", "info": "user_count"})
+        self.assertEqual((response.status, response.json()), (200, {"channels": {}}))
+
+    def test_parse_query_reads_plus_blanks_and_escaped_plus(self):
+        """parse_query reads + as a space, keeps blank values and decodes %2B to a plus sign."""
+        self.assertEqual(rest.parse_query(b"a=1+2&b=&c&&d=%2B"),
+                         {"a": "1 2", "b": "", "c": "", "d": "+"})
+
+
+class ClusterUnavailableTests(unittest.TestCase):
+    def setUp(self):
+        self.rig = Rig(self)
+        self.client = self.rig.connect()
+        self.client.subscribe("a")
+        self.patch(self.rig.service.cluster, "ready", False)
+
+    def assertRefused(self, response):
+        self.assertEqual(response.status, 503)
+        self.assertEqual(response.json(), {"error": "The server cannot reach its cluster; try again"})
+        self.assertEqual(self.client.events(), [])
+
+    def test_trigger_is_503_while_the_cluster_is_unreachable(self):
+        """POST /events answers 503 and publishes nothing while the cluster engine is not ready."""
+        self.assertRefused(self.rig.signed("POST", "/apps/app-id/events",
+                                           {"name": "e", "channel": "a", "data": "x"}))
+
+    def test_batch_is_503_while_the_cluster_is_unreachable(self):
+        """POST /batch_events answers 503 and publishes none of its events while not ready."""
+        self.assertRefused(self.rig.signed("POST", "/apps/app-id/batch_events", {"batch": [
+            {"name": "e1", "channel": "a", "data": "1"}, {"name": "e2", "channel": "a", "data": "2"}]}))
+
+
+class ContentLengthTests(unittest.TestCase):
+    def test_json_answers_carry_content_length(self):
+        """Every JSON answer, success or error, sync or async handler, has a Content-Length, unchunked."""
+        rig = Rig(self)
+        responses = [
+            rig.http("GET", "/health"),
+            rig.http("GET", "/nothing/here"),
+            rig.signed("GET", "/apps/app-id/channels"),
+            rig.signed("GET", "/apps/app-id/channels/a", params={"info": "nonsense"}),
+            rig.signed("POST", "/apps/app-id/events",
+                       {"name": "e", "channel": "a", "data": "x", "info": "subscription_count"}),
+            rig.signed("POST", "/apps/app-id/events", {"name": "e"}, app=dict(APP, secret="wrong")),
+        ]
+        for response in responses:
+            self.assertNotIn("transfer-encoding", response.headers)
+            self.assertEqual(int(response.headers["content-length"]), len(response.body))
+            response.json()
