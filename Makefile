@@ -11,10 +11,11 @@ system-deps:
 	@$(PYTHON) -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3 python3-venv python3-dev; }
 
-# ... and what the tests need on top: Node.js with npm for the official JavaScript clients.
+# ... and what the tests need on top: Node.js with npm for the official JavaScript clients, and a
+# real redis-server for the cluster tests (the tests start and stop their own servers).
 test-system-deps: system-deps
-	@command -v node >/dev/null && command -v npm >/dev/null || \
-	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm; }
+	@command -v node >/dev/null && command -v npm >/dev/null && command -v redis-server >/dev/null || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm redis-server; }
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(MAKE) system-deps
@@ -35,10 +36,10 @@ node_modules/.installed: package.json package-lock.json
 run: $(VENV)/.installed
 	$(VENV)/bin/twistd --nodaemon --pidfile= soketify $(if $(CONFIG),--config $(CONFIG))
 
-unit: $(VENV)/.test-installed
+unit: test-system-deps $(VENV)/.test-installed
 	$(VENV)/bin/python -m pytest -q tests --ignore=tests/interop
 
-interop: $(VENV)/.test-installed node_modules/.installed
+interop: test-system-deps $(VENV)/.test-installed node_modules/.installed
 	node --test --test-concurrency=1 tests/interop/
 
 test: unit interop

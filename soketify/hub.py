@@ -10,7 +10,6 @@ text -> wire bytes) is injected, so an event is framed once here, whatever the n
 from __future__ import annotations
 
 import json
-import random
 from itertools import count
 from typing import Any, Callable, Iterable
 
@@ -34,14 +33,12 @@ TERMINATED = "Connections of this user terminated"
 @implementer(IClusterListener)
 class Hub:
     def __init__(self, apps: AppRegistry, cluster, frame: Callable[[bytes], bytes],
-                 limits: LimitsConfig, clock, node_number: int | None = None, webhooks=None):
+                 limits: LimitsConfig, clock, webhooks=None):
         self.apps = apps
         self.limits = limits
         self.clock = clock
         self.cluster = cluster
         self._frame = frame
-        # The first part of every socket id names this node, so ids never collide across a cluster.
-        self.node_number = node_number if node_number is not None else random.randrange(1, 2**31)
         self._socket_numbers = count(1)
         self.connections: set = set()
         self._waiting_for_no_connections: list[Deferred] = []
@@ -64,7 +61,8 @@ class Hub:
     # -- connections -------------------------------------------------------------------------
 
     def new_socket_id(self) -> str:
-        return f"{self.node_number}.{next(self._socket_numbers)}"
+        # The first part names this node (its incarnation), so ids never collide across a cluster.
+        return f"{self.cluster.node_number}.{next(self._socket_numbers)}"
 
     def admit(self, app: AppConfig) -> tuple[int, str] | None:
         """Count a new connection of this app, or say why it is refused: (close code, message)."""

@@ -142,8 +142,7 @@ class Sessions:
         connection.send(protocol.subscription_succeeded(name, None if members is None else {
             "presence": {"ids": list(members), "count": len(members), "hash": members}}))
         if protocol.is_cache(name):
-            cached = result.cached
-            connection.send(cached.text if cached is not None
+            connection.send(result.cached if result.cached is not None
                             else protocol.encode(protocol.CACHE_MISS, channel=name))
         if result.new and connection.app.subscription_count and not protocol.is_presence(name):
             # The others heard of the new count; the new subscriber hears it here.

@@ -88,7 +88,7 @@ class Joined:
     new: bool  # False when the socket was already subscribed
     subscription_count: int  # subscribers in the cluster, this one included
     members: dict[str, Any] | None = None  # presence channels: user_id -> user_info, self included
-    cached: CachedEvent | None = None  # cache channels: the event to replay (None: a miss)
+    cached: str | None = None  # cache channels: the last event's frame text to replay (None: a miss)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +107,7 @@ class ICluster(IService):
     engine answers a node's operations in the order they were asked."""
 
     ready = Attribute("True while the node serves as part of the cluster")
+    node_number = Attribute("this node's number in the cluster: the first part of its socket ids")
 
     def attach(listener: IClusterListener) -> None:
         """The node to call back."""

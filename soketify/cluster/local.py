@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from twisted.application import service
@@ -39,6 +40,7 @@ class LocalCluster(service.Service):
 
     def __init__(self, clock, limits: LimitsConfig, grace: float = 3.0):
         self._clock = clock
+        self.node_number = random.randrange(1, 2**31)
         self._limits = limits
         self._grace = grace
         self._listener = None
@@ -90,7 +92,7 @@ class LocalCluster(service.Service):
                 return succeed(refused)
         members = state.snapshot() if state.members is not None else None
         cached = self._cached_or_miss(app, channel) if protocol.is_cache(channel) else None
-        return succeed(Joined(new, len(state.sockets), members, cached))
+        return succeed(Joined(new, len(state.sockets), members, cached and cached.text))
 
     def _add(self, app, channel, channels, state: _Channel, socket_id, member):
         user_id = None

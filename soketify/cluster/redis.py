@@ -1,0 +1,457 @@
+"""The Redis engine: any number of nodes on one Redis 7 / Valkey behave as one server.
+
+Every cluster-wide fact lives in Redis and every transition of it is one Lua script
+(``redis_scripts``), which also PUBLISHes what the other nodes must hear. Commands and pushes share
+one RESP3 connection, so a node sees the answer to its subscribe and the events of the channel in
+the order Redis executed them: a new subscriber gets exactly the events its snapshot (members,
+cached event) does not already hold. A node delivers even its own events when Redis echoes them
+back, so every node writes a channel's events in the same order.
+
+Each start, and each reconnection to Redis, makes the node a new incarnation with a fresh number
+(the first part of its socket ids). The old incarnation is no longer renewed; the nodes reap it once
+its deadline passes, as they reap a node that died. After a reconnection the node asks its clients
+to reconnect (4200): their subscriptions are rebuilt under the new incarnation, and members who come
+back within ``node_timeout`` are never announced as gone.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from soketify import protocol
+from soketify.cluster import redis_scripts as scripts
+from soketify.cluster.interfaces import (
+    CachedEvent, ChannelStats, ClusterUnavailable, ICluster, Joined, MemberLimitReached)
+from soketify.cluster.redis_client import RedisClient, RedisConnectionLost, RedisError, parse_redis_url
+from soketify.config import ClusterConfig, LimitsConfig
+
+log = Logger()
+
+# Webhook events claimed per round, and how often a node looks for due ones.
+CLAIM_BATCH = 200
+CLAIM_INTERVAL = 0.25
+_EVENT, _COUNT = ord("E"), ord("C")
+
+
+class _LocalChannel:
+    """A channel this node is subscribed to in Redis: which of its sockets joined it."""
+
+    __slots__ = ("app_id", "name", "sockets", "unsubscribing")
+
+    def __init__(self, app_id: str, name: str):
+        self.app_id = app_id
+        self.name = name
+        self.sockets: set[str] = set()
+        # UNSUBSCRIBE sent: pushes sent before it still arrive and are still this channel's.
+        self.unsubscribing = False
+
+
+def app_key(prefix: str, app_id: str) -> str:
+    """Where an app's keys start; the length keeps app ids from running into each other."""
+    return f"{prefix}:a{len(app_id)}:{app_id}"
+
+
+@implementer(ICluster)
+class RedisCluster(service.Service):
+    name = "cluster"
+
+    def __init__(self, reactor, apps, limits: LimitsConfig, settings: ClusterConfig, grace: float):
+        self._reactor = reactor
+        self._apps = {app.id: app for app in apps}
+        self._limits = limits
+        self._prefix = settings.prefix
+        self._timeout_ms = settings.node_timeout * 1000
+        self._grace_ms = int(grace * 1000)
+        self._control = f"{settings.prefix}:ctl".encode()
+        self._app_keys = {app.id: app_key(settings.prefix, app.id) for app in apps}
+        self._client = RedisClient(reactor, parse_redis_url(settings.redis_url), self._connected,
+                                   self._push, self._lost, scripts=scripts.ALL)
+        self._redis = None  # the connection while this node is registered
+        self._listener = None
+        self.ready = False
+        self.node_number: int | None = None
+        self._socket_prefix = ""
+        self._number = b""
+        self._subscribed: dict[bytes, _LocalChannel] = {}
+        self._connections: dict[str, int] = {app.id: 0 for app in apps}
+        self._elsewhere: dict[str, int] = {}  # connections on other nodes, as of the last heartbeat
+        self._beat_sent_at: float | None = None  # a heartbeat waiting for its answer, since
+        self._heartbeat = LoopingCall(self.heartbeat)
+        self._heartbeat.clock = reactor
+        self._heartbeat_interval = min(1.0, settings.node_timeout / 3)
+        self._claims = LoopingCall(self.claim_webhooks)
+        self._claims.clock = reactor
+
+    def attach(self, listener) -> None:
+        self._listener = listener
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._client.startService()
+        self._heartbeat.start(self._heartbeat_interval, now=False)
+        if any(self._app_flags(app).strip("c") for app in self._apps.values()):
+            self._claims.start(CLAIM_INTERVAL, now=False)
+
+    def stopService(self) -> Deferred:
+        """Leave the cluster at once (what this node held is removed), then close the connection."""
+        super().stopService()
+        for loop in (self._heartbeat, self._claims):
+            if loop.running:
+                loop.stop()
+        redis, self._redis = self._redis, None
+        self.ready = False
+        leaving = succeed(None)
+        if redis is not None:
+            leaving = self._run(redis, scripts.REAP, str(self.node_number), self._grace_ms, 1)
+            leaving.addErrback(lambda f: log.warn("Could not remove this node from Redis: {why}",
+                                                  why=f.getErrorMessage()))
+        return leaving.addBoth(lambda _: self._client.stopService())
+
+    def _connected(self, redis) -> Deferred:
+        """A new connection: register a new incarnation, then (if we had one) move our clients."""
+        registered = self._register(redis)
+        registered.addCallback(self._registered, redis)
+        return registered
+
+    def _register(self, redis) -> Deferred:
+        number = random.randrange(1, 2**31)
+        apps = [value for app in self._apps.values()
+                for value in (self._app_keys[app.id], f"{self._app_flags(app)}\n{app.id}")]
+        answer = redis.evalsha(scripts.REGISTER, (), (self._prefix, number, self._timeout_ms, *apps))
+        return answer.addCallback(lambda taken: number if taken else self._register(redis))
+
+    def _registered(self, number: int, redis) -> None:
+        previous = self.node_number
+        self.node_number = number
+        self._number = str(number).encode()
+        self._socket_prefix = f"{number}."
+        self._subscribed.clear()
+        self._elsewhere.clear()
+        self._redis = redis
+        redis.execute("SUBSCRIBE", self._control).addErrback(self._log_failure, "subscribe")
+        self.ready = True
+        log.info("Joined the cluster as node {number}", number=number)
+        if previous is not None:
+            self._listener.state_lost("Server reconnected to its cluster")
+
+    def _lost(self, reason) -> None:
+        self._redis = None
+        self.ready = False
+        self._beat_sent_at = None
+
+    def _declared_dead(self) -> None:
+        """Redis no longer knows this incarnation (Redis restarted empty, or we were reaped)."""
+        redis = self._redis
+        if redis is None:
+            return
+        log.warn("Redis no longer knows node {number}; joining again as a new node",
+                 number=self.node_number)
+        self._redis = None
+        self.ready = False
+        self._register(redis).addCallback(self._registered, redis).addErrback(
+            self._log_failure, "register again")
+
+    def _app_flags(self, app) -> str:
+        """What this app wants the scripts to announce (see redis_scripts)."""
+        wants = self._listener.wants_webhook if self._listener is not None else (lambda a, n: False)
+        flags = "".join(flag for flag, name in (
+            ("o", "channel_occupied"), ("v", "channel_vacated"), ("a", "member_added"),
+            ("r", "member_removed"), ("m", "cache_miss")) if wants(app.id, name))
+        if app.subscription_count or wants(app.id, "subscription_count"):
+            flags += "c"
+        return flags
+
+    # -- periodic work -------------------------------------------------------------------------
+
+    def heartbeat(self) -> Deferred:
+        """Renew this node's deadline, report its connections, reap nodes past their deadline."""
+        redis = self._redis
+        if redis is None:
+            return succeed(None)
+        now = self._reactor.seconds()
+        if self._beat_sent_at is not None:
+            if now - self._beat_sent_at > self._timeout_ms / 1000:
+                # A Redis that vanished without closing the connection: stop waiting for it.
+                log.warn("Redis has not answered for {seconds:.0f} s; reconnecting",
+                         seconds=now - self._beat_sent_at)
+                redis.transport.abortConnection()
+            return succeed(None)
+        self._beat_sent_at = now
+        counts = [value for app_id, count in self._connections.items()
+                  for value in (self._app_keys[app_id], count)]
+        beat = self._run(redis, scripts.HEARTBEAT, self._timeout_ms, *counts)
+        beat.addBoth(self._answered)
+        beat.addCallback(self._beaten, redis)
+        beat.addErrback(self._log_failure, "heartbeat")
+        return beat
+
+    def _answered(self, result):
+        self._beat_sent_at = None
+        return result
+
+    def _beaten(self, reply, redis) -> Deferred | None:
+        if reply[0] == 0:
+            self._declared_dead()
+            return None
+        _, totals, dead = reply
+        for app_id, total in zip(self._connections, totals):
+            self._elsewhere[app_id] = max(0, total - self._connections[app_id])
+        reaped = [self._run(redis, scripts.REAP, node.decode(), self._grace_ms, 0) for node in dead]
+        for node, reaping in zip(dead, reaped):
+            reaping.addCallback(lambda done, node=node: done and log.info(
+                "Node {node} stopped answering; removed what it held", node=node.decode()))
+        return reaped[-1] if reaped else None
+
+    def claim_webhooks(self) -> Deferred:
+        """Take due webhook events from Redis (each goes to exactly one node) and send them."""
+        redis = self._redis
+        if redis is None:
+            return succeed(None)
+        claimed = self._run(redis, scripts.CLAIM, CLAIM_BATCH)
+        claimed.addCallback(self._emit_claimed)
+        claimed.addErrback(self._log_failure, "claim webhook events")
+        return claimed
+
+    def _emit_claimed(self, events) -> None:
+        for entry in events:
+            app_id, _, event = entry.decode().partition("\n")
+            self._listener.emit_webhook(app_id, json.loads(event))
+
+    def sync(self) -> Deferred:
+        """Fires once a heartbeat, a webhook claim and every push sent to this node so far are done."""
+        if self._redis is None:
+            return succeed(None)
+        done = self.heartbeat()
+        done.addCallback(lambda _: self.claim_webhooks())
+        done.addCallback(lambda _: self._redis.execute("PING") if self._redis else None)
+        return done
+
+    # -- pushes --------------------------------------------------------------------------------
+
+    def _push(self, push) -> None:
+        """A pub/sub message: the hot path of cross-node delivery."""
+        if push[0] != b"message":
+            return
+        channel = self._subscribed.get(push[1])
+        payload = push[2]
+        if channel is not None:
+            kind = payload[0]
+            if kind == _EVENT:
+                end = payload.index(b"\n")
+                except_socket_id = payload[1:end].decode() if end > 1 else None
+                self._listener.deliver(channel.app_id, channel.name, payload[end + 1:],
+                                       except_socket_id)
+            elif kind == _COUNT:
+                count, _, origin = payload[1:].partition(b"\n")
+                self._listener.subscription_count_changed(
+                    channel.app_id, channel.name, int(count), origin == self._number)
+        elif push[1] == self._control:
+            self._on_control(payload.decode())
+
+    def _on_control(self, message: str) -> None:
+        kind, app_id, user_id = message.split("\n", 2)
+        if kind == "T":
+            self._listener.terminate_user_here(app_id, user_id)
+        else:
+            self._listener.user_online_changed(app_id, user_id, kind == "U1")
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def admit_connection(self, app) -> bool:
+        """Within max_connections, counting other nodes as of the last heartbeat (at most
+        ``node_timeout / 3`` seconds, and never more than one second, old)."""
+        here = self._connections[app.id]
+        if app.max_connections and here + self._elsewhere.get(app.id, 0) >= app.max_connections:
+            return False
+        self._connections[app.id] = here + 1
+        return True
+
+    def connection_closed(self, app_id: str) -> None:
+        self._connections[app_id] -= 1
+
+    def connection_count(self, app_id: str) -> int:
+        return self._connections.get(app_id, 0) + self._elsewhere.get(app_id, 0)
+
+    # -- channels ------------------------------------------------------------------------------
+
+    def _mine(self, socket_id: str) -> bool:
+        """Operations for sockets of an earlier incarnation are moot: it is being reaped."""
+        return socket_id.startswith(self._socket_prefix)
+
+    def _event_channel(self, app_id: str, channel: str) -> bytes:
+        return f"{self._app_keys[app_id]}:e:{channel}".encode()
+
+    def join(self, app, channel: str, socket_id: str, member):
+        redis = self._redis
+        if redis is None or not self._mine(socket_id):
+            return fail(ClusterUnavailable())
+        key = self._event_channel(app.id, channel)
+        local = self._subscribed.get(key)
+        if local is None:
+            local = self._subscribed[key] = _LocalChannel(app.id, channel)
+        if not local.sockets:
+            # Subscribed before the join runs, on the same connection: no event after it is missed.
+            local.unsubscribing = False
+            redis.execute("SUBSCRIBE", key).addErrback(self._log_failure, "subscribe")
+        local.sockets.add(socket_id)
+        user_id, user_info = member if member is not None else ("", None)
+        added = protocol.member_added(channel, user_id, user_info) if member is not None else ""
+        joined = self._run(redis, scripts.JOIN, self._app_keys[app.id], channel, socket_id, user_id,
+                           json.dumps(user_info, separators=(",", ":"), ensure_ascii=False),
+                           self._limits.max_presence_members, added,
+                           1 if protocol.is_cache(channel) else 0)
+        return joined.addCallbacks(self._joined, self._not_joined, (channel,), None,
+                                   (app, channel, socket_id))
+
+    def _joined(self, reply, channel: str) -> Joined | MemberLimitReached:
+        status = reply[0]
+        if status == -1:
+            self._declared_dead()
+            raise ClusterUnavailable()
+        if status == -2:
+            return MemberLimitReached(self._limits.max_presence_members)
+        members = None
+        if protocol.is_presence(channel):
+            rest = reply[3:]
+            members = {rest[i].decode(): json.loads(rest[i + 1]) for i in range(0, len(rest), 2)}
+        return Joined(bool(status), reply[1], members, reply[2].decode() or None)
+
+    def _not_joined(self, failure, app, channel: str, socket_id: str):
+        self._forget_socket(app.id, channel, socket_id)
+        return _unavailable(failure)
+
+    def _forget_socket(self, app_id: str, channel: str, socket_id: str) -> None:
+        key = self._event_channel(app_id, channel)
+        local = self._subscribed.get(key)
+        if local is None:
+            return
+        local.sockets.discard(socket_id)
+        if not local.sockets and self._redis is not None:
+            local.unsubscribing = True
+            unsubscribed = self._redis.execute("UNSUBSCRIBE", key)
+            unsubscribed.addErrback(self._log_failure, "unsubscribe")
+            unsubscribed.addCallback(self._unsubscribed, key, local)
+
+    def _unsubscribed(self, _, key: bytes, local: _LocalChannel) -> None:
+        if local.unsubscribing and self._subscribed.get(key) is local:  # nobody joined meanwhile
+            del self._subscribed[key]
+
+    def leave(self, app, channel: str, socket_id: str, user_id: str | None = None) -> None:
+        redis = self._redis
+        if redis is None or not self._mine(socket_id):
+            return
+        self._run(redis, scripts.LEAVE, self._app_keys[app.id], channel, socket_id,
+                  self._grace_ms).addErrback(self._log_failure, "leave")
+        # After the leave, on the same connection: this node still hears the count it caused.
+        self._forget_socket(app.id, channel, socket_id)
+
+    # -- users ---------------------------------------------------------------------------------
+
+    def sign_in(self, app, socket_id: str, user_id: str, watchlist: tuple[str, ...]):
+        redis = self._redis
+        if redis is None or not self._mine(socket_id):
+            return fail(ClusterUnavailable())
+        answer = self._run(redis, scripts.SIGN_IN, self._app_keys[app.id], app.id, socket_id,
+                           user_id, *watchlist)
+        return answer.addCallbacks(self._signed_in, _unavailable, (watchlist,))
+
+    def _signed_in(self, reply, watchlist) -> set[str]:
+        if reply[0] == -1:
+            self._declared_dead()
+            raise ClusterUnavailable()
+        return {watched for watched, online in zip(watchlist, reply[1:]) if online}
+
+    def sign_out(self, app, socket_id: str, user_id: str) -> None:
+        redis = self._redis
+        if redis is not None and self._mine(socket_id):
+            self._run(redis, scripts.SIGN_OUT, self._app_keys[app.id], socket_id).addErrback(
+                self._log_failure, "sign out")
+
+    def terminate_user(self, app_id: str, user_id: str):
+        redis = self._redis
+        if redis is None:
+            return fail(ClusterUnavailable())
+        sent = redis.execute("PUBLISH", self._control, f"T\n{app_id}\n{user_id}")
+        return sent.addCallbacks(lambda _: None, _unavailable)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def publish(self, app, channel: str, text: str, except_socket_id: str | None,
+                cached: tuple[str, str] | None = None) -> None:
+        """Sent to Redis only; every node, this one too, delivers it when Redis passes it on."""
+        redis = self._redis
+        if redis is None:
+            return
+        envelope = b"E%s\n%s" % ((except_socket_id or "").encode(), text.encode())
+        if cached is None:
+            redis.send("PUBLISH", self._event_channel(app.id, channel), envelope)
+        else:
+            self._run(redis, scripts.PUBLISH_CACHED, self._app_keys[app.id], channel, text,
+                      self._limits.cache_ttl * 1000, envelope).addErrback(self._log_failure, "cache")
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def _query(self, script, *args) -> Deferred:
+        redis = self._redis
+        if redis is None:
+            return fail(ClusterUnavailable())
+        return self._run(redis, script, *args).addErrback(_unavailable)
+
+    def channel_stats(self, app_id: str, names):
+        names = list(names)
+        answer = self._query(scripts.STATS, self._app_keys[app_id], *names)
+        return answer.addCallback(lambda reply: {
+            name: _stats(reply[2 * i], reply[2 * i + 1]) for i, name in enumerate(names)})
+
+    def occupied_channels(self, app_id: str, prefix: str):
+        answer = self._query(scripts.OCCUPIED, self._app_keys[app_id], prefix)
+        return answer.addCallback(lambda reply: {
+            reply[i].decode(): _stats(reply[i + 1], reply[i + 2]) for i in range(0, len(reply), 3)})
+
+    def channel_members(self, app_id: str, channel: str):
+        redis = self._redis
+        if redis is None:
+            return fail(ClusterUnavailable())
+        answer = redis.execute("HKEYS", f"{self._app_keys[app_id]}:mc:{channel}")
+        return answer.addCallbacks(lambda ids: [i.decode() for i in ids], _unavailable)
+
+    def cached_event(self, app_id: str, channel: str):
+        answer = self._query(scripts.CACHED, self._app_keys[app_id], channel)
+        return answer.addCallback(_cached_event)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _run(self, redis, script, *args) -> Deferred:
+        return redis.evalsha(script, (), (self._prefix, self.node_number, *args))
+
+    @staticmethod
+    def _log_failure(failure, what: str) -> None:
+        if failure.check(RedisConnectionLost):
+            return  # the connection's loss is logged once, where it is noticed
+        log.failure("Redis {what} failed", failure, what=what)
+
+
+def _unavailable(failure):
+    failure.trap(RedisConnectionLost, RedisError)
+    raise ClusterUnavailable(failure.getErrorMessage())
+
+
+def _stats(subscribers: int, users: int) -> ChannelStats:
+    return ChannelStats(subscribers, users if users >= 0 else None)
+
+
+def _cached_event(reply) -> CachedEvent | None:
+    text, ms_left = reply
+    if not text or ms_left <= 0:
+        return None
+    frame = json.loads(text)
+    return CachedEvent(text.decode(), frame["event"], frame["data"], -(-ms_left // 1000))

@@ -1,0 +1,184 @@
+"""The cluster contract against the Redis engine on a real redis-server, plus what only a cluster of
+processes can go through: a node that dies, a Redis that restarts empty, a node declared dead."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+from twisted.internet import reactor, task
+from twisted.internet.defer import ensureDeferred, inlineCallbacks
+from twisted.trial import unittest
+
+from soketify import protocol
+from soketify.cluster.redis import RedisCluster
+from soketify.config import ClusterConfig, LimitsConfig
+from tests.cluster_contract import APP, GRACE, OTHER_APP, ClusterContract, Node, all_webhooks
+from tests.redis_server import start_redis
+
+NODE_TIMEOUT = 2
+_prefixes = itertools.count(1)
+
+
+async def wait_until(check, what: str, timeout: float = 10.0):
+    """Poll a condition on the real reactor (cluster state arrives over the network), bounded."""
+    deadline = reactor.seconds() + timeout
+    while not check():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+class RedisNodes:
+    """Starts a redis-server for the test and engines (nodes) on it."""
+
+    timeout = 60
+
+    async def _start_nodes(self, count, **limits):
+        if getattr(self, "redis", None) is None:
+            self.redis = await start_redis(self, reactor)
+            self.prefix = f"test{next(_prefixes)}"
+        nodes = [self.start_node(**limits) for _ in range(count)]
+        for node in nodes:
+            await self.until_ready(node)
+        return nodes
+
+    def make_nodes(self, count, **limits):
+        return ensureDeferred(self._start_nodes(count, **limits))
+
+    def start_node(self, **limits) -> Node:
+        settings = ClusterConfig(engine="redis", redis_url=self.redis.url, prefix=self.prefix,
+                                 node_timeout=NODE_TIMEOUT)
+        cluster = RedisCluster(reactor, [APP, OTHER_APP], replace(LimitsConfig(), **limits), settings,
+                               GRACE)
+        node = Node(cluster)
+        cluster.attach(node.listener)
+        cluster.startService()
+        self.addCleanup(lambda: cluster.stopService() if cluster.running else None)
+        return node
+
+    async def until_ready(self, node: Node):
+        await wait_until(lambda: node.cluster.ready, "the node to join the cluster")
+        node.number = node.cluster.node_number
+
+    def elapse(self, seconds):
+        return task.deferLater(reactor, seconds, lambda: None)
+
+    @inlineCallbacks
+    def settle(self, nodes):
+        # Each node's round trip ends after everything sent to it before; twice, so that what one
+        # node's round does (claiming webhooks, reaping) reaches the others too.
+        for _ in range(2):
+            for node in {id(n): n for n in nodes}.values():
+                yield node.cluster.sync()
+
+
+class RedisClusterContractTests(RedisNodes, ClusterContract, unittest.TestCase):
+    """Every promise of the contract, with each node a separate engine on one Redis."""
+
+
+def kill(node: Node):
+    """What kill -9 leaves behind: no heartbeat, no goodbye, the connection gone."""
+    cluster = node.cluster
+    for loop in (cluster._heartbeat, cluster._claims):
+        if loop.running:
+            loop.stop()
+    cluster._redis = None
+    return cluster._client.stopService()
+
+
+class RedisFailureTests(RedisNodes, unittest.TestCase):
+    async def _killed_node_is_cleaned_up_once(self):
+        a, b, c = await self._start_nodes(3)
+        await a.cluster.join(APP, "presence-room", a.socket(1), ("alice", None))
+        await b.cluster.join(APP, "presence-room", b.socket(1), ("bob", None))
+        await b.cluster.join(APP, "news", b.socket(1), None)
+        await a.cluster.sign_in(APP, a.socket(1), "alice", ("bob",))
+        await b.cluster.sign_in(APP, b.socket(1), "bob", ())
+        await self.settle([a, b, c])
+        killed_at = reactor.seconds()
+        await kill(b)
+        await wait_until(lambda: a.listener.events_named(protocol.MEMBER_REMOVED),
+                         "member_removed for the dead node's user", NODE_TIMEOUT + 3)
+        self.assertLess(reactor.seconds() - killed_at, NODE_TIMEOUT + 2)
+        await self.settle([a, c])
+        self.assertEqual(a.listener.events_named(protocol.MEMBER_REMOVED),
+                         [(APP.id, "presence-room", {"user_id": "bob"}, None)])
+        self.assertIn((APP.id, "bob", False), a.listener.online)
+        stats = await a.cluster.channel_stats(APP.id, ["presence-room", "news"])
+        self.assertEqual(stats["presence-room"].user_count, 1)
+        self.assertFalse(stats["news"].occupied)
+        await wait_until(lambda: len(all_webhooks([a, c], "member_removed")) == 1,
+                         "the member_removed webhook", NODE_TIMEOUT + GRACE + 3)
+        self.assertLess(reactor.seconds() - killed_at, NODE_TIMEOUT + GRACE + 1)
+        await wait_until(lambda: all_webhooks([a, c], "channel_vacated"), "channel_vacated", 3)
+        await self.settle([a, c])
+        self.assertEqual(all_webhooks([a, c], "member_removed"),
+                         [{"name": "member_removed", "channel": "presence-room", "user_id": "bob"}])
+        self.assertEqual(all_webhooks([a, c], "channel_vacated"),
+                         [{"name": "channel_vacated", "channel": "news"}])
+
+    def test_killed_node_is_cleaned_up_once_by_the_survivors(self):
+        """kill -9 of a node: within node_timeout + 2 s its members are removed and its users are
+        offline, once; member_removed and channel_vacated webhooks follow after the grace."""
+        return ensureDeferred(self._killed_node_is_cleaned_up_once())
+
+    async def _member_back_through_another_node(self):
+        a, b = await self._start_nodes(2)
+        await a.cluster.join(APP, "presence-room", a.socket(1), ("alice", None))
+        await b.cluster.join(APP, "presence-room", b.socket(1), ("bob", None))
+        await kill(b)
+        c = self.start_node()
+        await self.until_ready(c)
+        await c.cluster.join(APP, "presence-room", c.socket(1), ("bob", None))
+        await self.elapse(NODE_TIMEOUT + GRACE + 1.5)
+        await self.settle([a, c])
+        self.assertEqual(a.listener.events_named(protocol.MEMBER_REMOVED), [])
+        self.assertEqual(all_webhooks([a, c], "member_removed"), [])
+        members = await a.cluster.channel_members(APP.id, "presence-room")
+        self.assertEqual(sorted(members), ["alice", "bob"])
+
+    def test_member_back_through_another_node_is_never_removed(self):
+        """A user whose node died and who reconnects through another node before the clean-up is
+        never announced as gone, to members or webhooks."""
+        return ensureDeferred(self._member_back_through_another_node())
+
+    async def _redis_restarted_empty(self):
+        a, b = await self._start_nodes(2)
+        await a.cluster.join(APP, "presence-room", a.socket(1), ("alice", None))
+        numbers = (a.number, b.number)
+        await self.redis.restart()
+        await wait_until(lambda: a.listener.lost and b.listener.lost and a.cluster.ready
+                         and b.cluster.ready, "both nodes to rejoin the restarted Redis", 10)
+        self.assertNotIn(a.cluster.node_number, numbers)
+        self.assertNotEqual(a.cluster.node_number, b.cluster.node_number)
+        a.number, b.number = a.cluster.node_number, b.cluster.node_number
+        await b.cluster.join(APP, "news", b.socket(1), None)
+        await a.cluster.join(APP, "news", a.socket(1), None)
+        a.cluster.publish(APP, "news", protocol.event("e", "news", "1"), None)
+        await self.settle([a, b])
+        for node in (a, b):
+            self.assertEqual([d[2] for d in node.listener.deliveries if d[1] == "news"],
+                             [protocol.event("e", "news", "1")])
+
+    def test_redis_restarted_empty_every_node_rejoins_and_moves_its_clients(self):
+        """Redis back empty: each node reconnects by itself, joins as a new node, asks its clients to
+        reconnect (4200), and delivery between nodes works again, once."""
+        return ensureDeferred(self._redis_restarted_empty())
+
+    async def _declared_dead_rejoins(self):
+        a, b = await self._start_nodes(2)
+        old = b.number
+        await b.cluster.join(APP, "presence-room", b.socket(1), ("bob", None))
+        redis = a.cluster._redis
+        await redis.execute("ZADD", f"{self.prefix}:nodes", 0, str(old))
+        await a.cluster.sync()
+        await wait_until(lambda: b.listener.lost and b.cluster.ready, "b to join again", 5)
+        self.assertNotEqual(b.cluster.node_number, old)
+        members = await a.cluster.channel_members(APP.id, "presence-room")
+        self.assertEqual(members, [])
+
+    def test_node_declared_dead_joins_again_as_a_new_node(self):
+        """A node the others reaped (a pause longer than node_timeout) finds out at its next
+        heartbeat, moves its clients and joins as a new node; its old members stay gone."""
+        return ensureDeferred(self._declared_dead_rejoins())
