@@ -103,8 +103,11 @@ class ClusterUnavailable(Exception):
 
 
 class ICluster(IService):
-    """The cluster-wide operations of one node. Methods returning Deferreds may answer later; an
-    engine answers a node's operations in the order they were asked."""
+    """The cluster-wide operations of one node. Methods returning Deferreds may answer later, but an
+    engine keeps one order per node: operations take effect and are answered in the order they were
+    asked, and what the listener hears (deliveries, counts, users online) comes in that same order
+    with the answers. So a subscriber registered when its join is answered gets exactly the events
+    its answer (members, cached event) does not already hold."""
 
     ready = Attribute("True while the node serves as part of the cluster")
     node_number = Attribute("this node's number in the cluster: the first part of its socket ids")
