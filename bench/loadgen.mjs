@@ -20,9 +20,16 @@
 //   {"cmd":"close"}                 terminate every connection
 //   {"cmd":"publish",...}           trigger E events over HTTP (see publish())
 //   {"cmd":"rest",...}              REST trigger requests/s (see rest())
+//   {"cmd":"join","url":U,"users":[ids],"concurrency":C,"channel":"presence-bench","key":K,"secret":S}
+//       one connection per user id, each joining the presence channel (signed as an auth endpoint
+//       would); replies with {joined: [[user, sent us, subscription_succeeded us], ...]}
+//   {"cmd":"watch","url":U,"user":ID,"channel":...,"key":K,"secret":S}
+//       one member that records when each member_added arrives
+//   {"cmd":"watched"}              {seen: {user: receive time us}} of every watcher
 //   {"cmd":"stats"}                 just now + cpu
 //   {"cmd":"exit"}
 
+import crypto from 'node:crypto';
 import http from 'node:http';
 import readline from 'node:readline';
 import WebSocket from 'ws';
@@ -152,7 +159,66 @@ async function collect({ idle_ms = 5000 }) {
     first_recv: firstRecv, last_recv: lastRecv, hist: histPairs() };
 }
 
+// ---------------------------------------------------------------- presence
+const members = [];        // WebSockets of joined presence members and watchers
+const watchers = [];       // {seen: Map(user -> receive time us)}
+
+function joinPresence(url, channel, key, secret, user, onFrame) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 60000 });
+    let sent = 0;
+    ws.on('error', () => resolve(null));
+    ws.on('close', () => resolve(null));
+    ws.on('message', (raw) => {
+      const frame = JSON.parse(raw.toString());
+      if (frame.event === 'pusher:connection_established') {
+        const socketId = JSON.parse(frame.data).socket_id;
+        const channelData = JSON.stringify({ user_id: user });
+        const signature = crypto.createHmac('sha256', secret)
+          .update(`${socketId}:${channel}:${channelData}`).digest('hex');
+        sent = nowUs();
+        ws.send(JSON.stringify({ event: 'pusher:subscribe',
+          data: { channel, auth: `${key}:${signature}`, channel_data: channelData } }));
+      } else if (frame.event === 'pusher_internal:subscription_succeeded') {
+        members.push(ws);
+        resolve([user, sent, nowUs()]);
+      } else if (onFrame) {
+        onFrame(frame);
+      }
+    });
+  });
+}
+
+async function join({ url, users, concurrency = 16, channel = 'presence-bench', key, secret }) {
+  const joined = [];
+  let next = 0;
+  async function lane() {
+    while (next < users.length) {
+      const r = await joinPresence(url, channel, key, secret, users[next++]);
+      if (r) joined.push(r);
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, users.length) }, lane));
+  return { joined };
+}
+
+async function watch({ url, user, channel = 'presence-bench', key, secret }) {
+  const seen = new Map();
+  watchers.push({ seen });
+  const r = await joinPresence(url, channel, key, secret, user, (frame) => {
+    if (frame.event === 'pusher_internal:member_added') seen.set(JSON.parse(frame.data).user_id, nowUs());
+  });
+  return { joined: r !== null };
+}
+
+function watched() {
+  return { seen: watchers.map((w) => Object.fromEntries(w.seen)) };
+}
+
 async function closeAll() {
+  for (const ws of members) ws.terminate();
+  members.length = 0;
+  watchers.length = 0;
   const n = conns.length;
   const waits = conns.map((c) => new Promise((r) => {
     if (c.ws.readyState === WebSocket.CLOSED) { r(); return; }
@@ -262,7 +328,7 @@ async function rest({ target, requests, concurrency = 16, size = 128, channel = 
 
 // ---------------------------------------------------------------- command loop
 const handlers = {
-  connect, expect, collect, publish, rest,
+  connect, expect, collect, publish, rest, join, watch, watched,
   close: closeAll,
   stats: () => ({}),
   exit: () => { setImmediate(() => process.exit(0)); return {}; },

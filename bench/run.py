@@ -139,9 +139,10 @@ def proc_rss_kb(pid):
 class Server:
     """One server under test: its command, ports and trigger target (new ports at each start)."""
 
-    def __init__(self, name, logdir):
+    def __init__(self, name, logdir, extra_config=""):
         self.name = name
         self.logdir = logdir
+        self.extra_config = extra_config  # more TOML for Soketify (e.g. a [cluster] table)
         self.proc = None
         self.starts = 0
         self.tmp = tempfile.mkdtemp(prefix=f"bench-{name}-")
@@ -162,6 +163,7 @@ class Server:
                     "[server]\n"
                     f'listen = ["tcp:{self.ws_port}:interface=127.0.0.1"]\n'
                     "activity_timeout = 120\n"
+                    + self.extra_config +
                     "[[apps]]\n"
                     f'id = "{APP_ID}"\nkey = "{APP_KEY}"\nsecret = "{APP_SECRET}"\n'
                 )

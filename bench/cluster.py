@@ -1,0 +1,318 @@
+"""Soketify cluster benchmark: the Redis engine against one node, in one run.
+
+Usage (from the repository root):
+
+    .venv/bin/python bench/cluster.py [--phases cost,cross,presence] [--quick]
+
+Starts its own redis-server (`redis-server` must be installed) and Soketify nodes on free loopback
+ports, and drives them with bench/loadgen.mjs:
+
+  cost      one node with `engine = "local"` against one node with `engine = "redis"`, back to back,
+            twice each: server CPU per connection (5,000 idle connections), memory per connection,
+            server CPU per delivery (1,000 subscribers, saturated fan-out). Target: redis <= 1.2x.
+  cross     fan-out to 1,000 subscribers spread over two Redis nodes, events triggered through one of
+            them, against the same load on one local node: paced at 20 events/s (20,000
+            deliveries/s) for latency p50/p99 (target: p99 at most 5 ms more), and saturated for
+            deliveries/s.
+  presence  1,000 presence joins spread over three Redis nodes, with one watching member per node:
+            joins/s, and for each join the time from its subscription_succeeded until the watchers
+            on every node have its member_added (target: p99 under 100 ms).
+
+Prints a Markdown table; writes JSON to bench/results/cluster-<time>.json.
+"""
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (the single-server benchmark's pieces)
+from run import (APP_KEY, APP_SECRET, Loadgen, Meter, Server, free_port, log,  # noqa: E402
+                 percentiles, proc_rss_kb, settle, split, wait_quiet)
+
+PROFILE = {
+    "connect_n": 5000,
+    "fanout_subscribers": 1000,
+    "fanout_events": 300,
+    "paced_events": 200,
+    "paced_rate": 20,
+    "presence_joins": 1000,
+    "repeats": 2,
+    "sub_workers": 2,
+}
+
+
+class RedisServer:
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True,
+                             text=True).stdout.strip() != "PONG":
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def node(name, logdir, redis=None, prefix="bench"):
+    extra = "[limits]\nmax_presence_members = 5000\n"
+    if redis is not None:
+        extra += f'[cluster]\nengine = "redis"\nredis_url = "{redis.url}"\nprefix = "{prefix}"\n'
+    return Server(name, logdir, extra)
+
+
+def url_of(server):
+    return server.url
+
+
+async def open_spread(subs, servers, n, subscribe=True):
+    """n connections, worker i connecting to servers[i % len(servers)]."""
+    shares = split(n, len(subs))
+    replies = await asyncio.gather(*(
+        w.call("connect", url=servers[i % len(servers)].url, n=k, concurrency=16,
+               subscribe=subscribe)
+        for i, (w, k) in enumerate(zip(subs, shares))))
+    return sum(r["opened"] for r in replies)
+
+
+async def fanout(servers, publish_through, subs, pub, events, rate=0, inflight=2):
+    """Subscribers spread over `servers`, events triggered through `publish_through`."""
+    opened = await open_spread(subs, servers, PROFILE["fanout_subscribers"])
+    await asyncio.gather(*(w.call("expect", events=events) for w in subs))
+    await asyncio.sleep(0.5)
+    await wait_quiet()
+    meters = [Meter(s, subs + [pub]) for s in servers]
+    p = await pub.call("publish", target=publish_through.target, events=events, inflight=inflight,
+                       rate=rate, size=128)
+    cols = await asyncio.gather(*(w.call("collect", idle_ms=5000) for w in subs))
+    cpu = sum(m.done()["server_cpu_s"] for m in meters)
+    await asyncio.gather(*(w.call("close") for w in subs))
+    received = sum(c["received"] for c in cols)
+    wall = (max(c["last_recv"] for c in cols) - p["t0"]) / 1e6
+    pct = percentiles([c["hist"] for c in cols], [0.5, 0.99])
+    return {"subscribers": opened, "received": received, "expected": sum(c["expected"] for c in cols),
+            "lost": sum(c["lost"] for c in cols), "dup": sum(c["dup"] for c in cols),
+            "publish_errors": p["errors"], "deliveries_per_s": received / wall,
+            "p50_ms": pct[0.5] / 1e3, "p99_ms": pct[0.99] / 1e3,
+            "cpu_us_per_delivery": cpu * 1e6 / max(1, received)}
+
+
+async def connect_cost(server, subs):
+    await settle(server.pid, 3)
+    await wait_quiet()
+    rss0 = proc_rss_kb(server.pid)
+    meter = Meter(server, subs)
+    opened = await open_spread(subs, [server], PROFILE["connect_n"], subscribe=False)
+    m = meter.done()
+    await settle(server.pid, 5)
+    rss1 = proc_rss_kb(server.pid)
+    await asyncio.gather(*(w.call("close") for w in subs))
+    return {"connections": opened, "cpu_us_per_conn": m["server_cpu_s"] * 1e6 / max(1, opened),
+            "kb_per_conn": (rss1 - rss0) / max(1, opened)}
+
+
+async def warm(servers, subs, pub):
+    for server in servers:
+        await subs[0].call("connect", url=server.url, n=50, concurrency=8, subscribe=True)
+        await subs[0].call("expect", events=5)
+        await pub.call("publish", target=server.target, events=5, inflight=1, size=128)
+        await subs[0].call("collect", idle_ms=2000)
+        await subs[0].call("close")
+
+
+async def phase_cost(logdir, redis, subs, pub):
+    local, clustered = node("local", logdir), node("redis", logdir, redis, "cost")
+    out = {"local": [], "redis": []}
+    try:
+        for server in (local, clustered):
+            server.start()
+        await warm([local, clustered], subs, pub)
+        for _ in range(PROFILE["repeats"]):
+            for name, server in (("local", local), ("redis", clustered)):
+                connect = await connect_cost(server, subs)
+                fan = await fanout([server], server, subs, pub, PROFILE["fanout_events"])
+                log(f"  cost {name}: {connect['cpu_us_per_conn']:.0f} us/conn, "
+                    f"{connect['kb_per_conn']:.2f} KB/conn, {fan['cpu_us_per_delivery']:.2f} us/delivery, "
+                    f"{fan['deliveries_per_s']:.0f} deliveries/s, lost {fan['lost']} dup {fan['dup']}")
+                out[name].append({"connect": connect, "fanout": fan})
+    finally:
+        local.cleanup()
+        clustered.cleanup()
+    return out
+
+
+async def phase_cross(logdir, redis, subs, pub):
+    single = node("single", logdir)
+    a, b = node("node-a", logdir, redis, "cross"), node("node-b", logdir, redis, "cross")
+    out = {"one node": [], "two nodes": []}
+    try:
+        for server in (single, a, b):
+            server.start()
+        await warm([single, a, b], subs, pub)
+        for _ in range(PROFILE["repeats"]):
+            for name, servers in (("one node", [single]), ("two nodes", [a, b])):
+                paced = await fanout(servers, servers[0], subs, pub, PROFILE["paced_events"],
+                                     rate=PROFILE["paced_rate"])
+                saturated = await fanout(servers, servers[0], subs, pub, PROFILE["fanout_events"])
+                log(f"  cross {name}: paced p50 {paced['p50_ms']:.1f} p99 {paced['p99_ms']:.1f} ms, "
+                    f"saturated {saturated['deliveries_per_s']:.0f}/s, lost {paced['lost'] + saturated['lost']}"
+                    f" dup {paced['dup'] + saturated['dup']}")
+                out[name].append({"paced": paced, "saturated": saturated})
+    finally:
+        for server in (single, a, b):
+            server.cleanup()
+    return out
+
+
+async def phase_presence(logdir, redis, subs, pub):
+    nodes = [node(f"node-{i}", logdir, redis, "presence") for i in range(3)]
+    workers = subs + [pub]
+    try:
+        for server in nodes:
+            server.start()
+        auth = {"key": APP_KEY, "secret": APP_SECRET, "channel": "presence-bench"}
+        for i, server in enumerate(nodes):
+            await workers[i % len(workers)].call("watch", url=server.url, user=f"watcher-{i}", **auth)
+        await asyncio.sleep(0.5)
+        await wait_quiet()
+        users = [f"user-{i}" for i in range(PROFILE["presence_joins"])]
+        shares = [users[i::len(nodes)] for i in range(len(nodes))]
+        t0 = time.monotonic()
+        replies = await asyncio.gather(*(
+            workers[i % len(workers)].call("join", url=server.url, users=share, concurrency=16, **auth)
+            for i, (server, share) in enumerate(zip(nodes, shares))))
+        seconds = time.monotonic() - t0
+        await asyncio.sleep(1)
+        seen = [w for r in await asyncio.gather(*(w.call("watched") for w in workers))
+                for w in r["seen"]]
+        agree = []
+        missing = 0
+        for reply in replies:
+            for user, _, succeeded in reply["joined"]:
+                times = [w.get(user) for w in seen]
+                if None in times:
+                    missing += 1
+                else:
+                    agree.append(max(0.0, max(times) - succeeded) / 1e3)
+        agree.sort()
+        joined = sum(len(r["joined"]) for r in replies)
+        pick = lambda p: agree[min(len(agree) - 1, int(p * len(agree)))] if agree else None  # noqa: E731
+        res = {"joins": joined, "joins_per_s": joined / seconds, "agree_p50_ms": pick(0.5),
+               "agree_p99_ms": pick(0.99), "agree_max_ms": pick(1.0), "missing": missing,
+               "watchers": len(seen)}
+        log(f"  presence: {res}")
+        await asyncio.gather(*(w.call("close") for w in workers))
+        return res
+    finally:
+        for server in nodes:
+            server.cleanup()
+
+
+def best(runs, key, pick=min):
+    return pick(r[key] for r in runs)
+
+
+def report(results):
+    lines = ["| figure | one node (local) | Redis engine | ratio | target |", "|---|---:|---:|---:|---|"]
+    cost = results.get("cost")
+    if cost:
+        for label, path, target in (
+                ("connect 5,000: server CPU per connection (us)", ("connect", "cpu_us_per_conn"), "<= 1.2x"),
+                ("connect 5,000: memory per idle connection (KB)", ("connect", "kb_per_conn"), ""),
+                ("fan-out 1,000 subs: server CPU per delivery (us)", ("fanout", "cpu_us_per_delivery"), "<= 1.2x"),
+                ("fan-out 1,000 subs: deliveries/s", ("fanout", "deliveries_per_s"), "")):
+            pick = max if "deliveries" in label else min
+            lo = pick(r[path[0]][path[1]] for r in cost["local"])
+            hi = pick(r[path[0]][path[1]] for r in cost["redis"])
+            lines.append(f"| {label} | {lo:,.2f} | {hi:,.2f} | {hi / lo:.2f}x | {target} |")
+    cross = results.get("cross")
+    if cross:
+        lines += ["", "| cross-node fan-out, 1,000 subscribers | one local node | two Redis nodes | difference | target |",
+                  "|---|---:|---:|---:|---|"]
+        for label, mode, key, pick in (
+                ("paced 20 events/s: latency p50 (ms)", "paced", "p50_ms", min),
+                ("paced 20 events/s: latency p99 (ms)", "paced", "p99_ms", min),
+                ("paced: server CPU per delivery, all nodes (us)", "paced", "cpu_us_per_delivery", min),
+                ("saturated: deliveries/s", "saturated", "deliveries_per_s", max),
+                ("saturated: latency p99 (ms)", "saturated", "p99_ms", min)):
+            one = pick(r[mode][key] for r in cross["one node"])
+            two = pick(r[mode][key] for r in cross["two nodes"])
+            target = "<= +5 ms" if key == "p99_ms" and mode == "paced" else ""
+            lines.append(f"| {label} | {one:,.2f} | {two:,.2f} | {two - one:+,.2f} | {target} |")
+        problems = sum(r[m]["lost"] + r[m]["dup"] for runs in cross.values() for r in runs
+                       for m in ("paced", "saturated"))
+        lines.append(f"| lost + duplicated deliveries (all runs) | | | {problems} | 0 |")
+    presence = results.get("presence")
+    if presence:
+        lines += ["", "| presence, 1,000 joins over 3 Redis nodes | value | target |", "|---|---:|---|",
+                  f"| joins/s | {presence['joins_per_s']:,.0f} | |",
+                  f"| member lists agree, p50 (ms) | {presence['agree_p50_ms']:.1f} | |",
+                  f"| member lists agree, p99 (ms) | {presence['agree_p99_ms']:.1f} | < 100 |",
+                  f"| member lists agree, max (ms) | {presence['agree_max_ms']:.1f} | |",
+                  f"| joins a watcher never saw | {presence['missing']} | 0 |"]
+    return "\n".join(lines)
+
+
+async def main_async(phases, logdir):
+    redis = RedisServer()
+    subs = [Loadgen(f"sub{i}", logdir) for i in range(PROFILE["sub_workers"])]
+    pub = Loadgen("pub", logdir)
+    results = {}
+    try:
+        for w in subs + [pub]:
+            await w.start()
+        if "cost" in phases:
+            results["cost"] = await phase_cost(logdir, redis, subs, pub)
+        if "cross" in phases:
+            results["cross"] = await phase_cross(logdir, redis, subs, pub)
+        if "presence" in phases:
+            results["presence"] = await phase_presence(logdir, redis, subs, pub)
+    finally:
+        for w in subs + [pub]:
+            await w.stop()
+        redis.stop()
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--phases", default="cost,cross,presence")
+    ap.add_argument("--quick", action="store_true", help="small smoke profile; figures not meaningful")
+    args = ap.parse_args()
+    if args.quick:
+        PROFILE.update(connect_n=300, fanout_subscribers=100, fanout_events=20, paced_events=20,
+                       presence_joins=60, repeats=1)
+    run.resource.setrlimit(run.resource.RLIMIT_NOFILE, (65536, 65536)) if run.resource.getrlimit(
+        run.resource.RLIMIT_NOFILE)[1] >= 65536 else None
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    logdir = os.path.join(run.RESULTS, f"cluster-logs-{stamp}")
+    os.makedirs(logdir, exist_ok=True)
+    t0 = time.monotonic()
+    results = asyncio.run(main_async([p.strip() for p in args.phases.split(",")], logdir))
+    path = os.path.join(run.RESULTS, f"cluster-{stamp}.json")
+    with open(path, "w") as f:
+        json.dump({"time": stamp, "profile": PROFILE, "results": results}, f, indent=1)
+    print(f"## Soketify cluster benchmark {stamp} ({os.cpu_count()} CPUs)\n")
+    print(report(results))
+    print(f"\nJSON: {os.path.relpath(path, run.ROOT)}; total {time.monotonic() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
