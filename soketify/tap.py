@@ -133,6 +133,7 @@ class SoketifyService(service.MultiService):
         # Each listener's stopService answers once its port has really stopped listening.
         stopped = DeferredList([maybeDeferred(listener.stopService) for listener in self.listeners],
                                fireOnOneErrback=True, consumeErrors=True)
+        stopped.addCallback(lambda _: self.cluster.draining())
         stopped.addCallback(lambda _: self._move_clients())
         # Only once every client is gone: their vacated/member_removed events are decided, not lost.
         stopped.addCallback(lambda _: self.hub.stop())

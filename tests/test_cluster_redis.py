@@ -143,6 +143,36 @@ class RedisFailureTests(RedisNodes, unittest.TestCase):
         never announced as gone, to members or webhooks."""
         return ensureDeferred(self._member_back_through_another_node())
 
+    async def _graceful_stop_hands_members_over(self):
+        a, b = await self._start_nodes(2)
+        await a.cluster.join(APP, "presence-room", a.socket(1), ("alice", None))
+        await b.cluster.join(APP, "presence-room", b.socket(1), ("bob", None))
+        await b.cluster.join(APP, "presence-room", b.socket(2), ("carol", None))
+        b.cluster.draining()
+        # The node moves its clients: they close there (bob also reconnects through a)...
+        b.cluster.leave(APP, "presence-room", b.socket(1), "bob")
+        b.cluster.leave(APP, "presence-room", b.socket(2), "carol")
+        await b.cluster.stopService()
+        await a.cluster.join(APP, "presence-room", a.socket(2), ("bob", None))
+        members = await a.cluster.channel_members(APP.id, "presence-room")
+        self.assertEqual(sorted(members), ["alice", "bob", "carol"])
+        # ...and once b's deadline passes, only carol, who did not come back, is gone.
+        await wait_until(lambda: a.listener.events_named(protocol.MEMBER_REMOVED),
+                         "carol's member_removed", NODE_TIMEOUT + 3)
+        await self.elapse(GRACE + 1.5)
+        await self.settle([a])
+        self.assertEqual(a.listener.events_named(protocol.MEMBER_REMOVED),
+                         [(APP.id, "presence-room", {"user_id": "carol"}, None)])
+        self.assertEqual(all_webhooks([a], "member_removed"),
+                         [{"name": "member_removed", "channel": "presence-room", "user_id": "carol"}])
+        members = await a.cluster.channel_members(APP.id, "presence-room")
+        self.assertEqual(sorted(members), ["alice", "bob"])
+
+    def test_graceful_stop_hands_members_over_without_removing_them(self):
+        """A node stopping gracefully lets what it held expire with it: members who reconnect through
+        another node are never announced as gone; the others are removed after node_timeout."""
+        return ensureDeferred(self._graceful_stop_hands_members_over())
+
     async def _redis_restarted_empty(self):
         a, b = await self._start_nodes(2)
         await a.cluster.join(APP, "presence-room", a.socket(1), ("alice", None))

@@ -115,6 +115,11 @@ class ICluster(IService):
     def attach(listener: IClusterListener) -> None:
         """The node to call back."""
 
+    def draining() -> None:
+        """The node is stopping and moving its clients to other nodes (4200): what they held may end
+        with the node rather than one by one, so that members who reconnect elsewhere at once are
+        never announced as gone."""
+
     def admit_connection(app) -> bool:
         """Whether one more connection fits the app's max_connections (and count it if so)."""
 

@@ -65,6 +65,9 @@ class LocalCluster(service.Service):
         self._lifecycle.flush()
         return succeed(None)
 
+    def draining(self) -> None:
+        """One process is the whole cluster: its clients leave one by one, as they close."""
+
     # -- connections ---------------------------------------------------------------------------
 
     def admit_connection(self, app) -> bool:

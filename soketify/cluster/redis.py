@@ -86,6 +86,7 @@ class RedisCluster(service.Service):
         self._heartbeat = LoopingCall(self.heartbeat)
         self._heartbeat.clock = reactor
         self._heartbeat_interval = min(1.0, settings.node_timeout / 3)
+        self._draining = False
         self._claims = LoopingCall(self.claim_webhooks)
         self._claims.clock = reactor
 
@@ -101,8 +102,16 @@ class RedisCluster(service.Service):
         if any(self._app_flags(app).strip("c") for app in self._apps.values()):
             self._claims.start(CLAIM_INTERVAL, now=False)
 
+    def draining(self) -> None:
+        """From now on the clients' leaving is not sent: this incarnation stops renewing its deadline
+        and is reaped by the other nodes once it passes, as if it had died. Members who reconnect
+        through another node before then stay members without a member_removed/member_added pair."""
+        self._draining = True
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+
     def stopService(self) -> Deferred:
-        """Leave the cluster at once (what this node held is removed), then close the connection."""
+        """Close the connection. Without draining first, what this node held is removed at once."""
         super().stopService()
         for loop in (self._heartbeat, self._claims):
             if loop.running:
@@ -110,7 +119,7 @@ class RedisCluster(service.Service):
         redis, self._redis = self._redis, None
         self.ready = False
         leaving = succeed(None)
-        if redis is not None:
+        if redis is not None and not self._draining:
             leaving = self._run(redis, scripts.REAP, str(self.node_number), self._grace_ms, 1)
             leaving.addErrback(lambda f: log.warn("Could not remove this node from Redis: {why}",
                                                   why=f.getErrorMessage()))
@@ -347,7 +356,7 @@ class RedisCluster(service.Service):
 
     def leave(self, app, channel: str, socket_id: str, user_id: str | None = None) -> None:
         redis = self._redis
-        if redis is None or not self._mine(socket_id):
+        if redis is None or not self._mine(socket_id) or self._draining:
             return
         self._run(redis, scripts.LEAVE, self._app_keys[app.id], channel, socket_id,
                   self._grace_ms).addErrback(self._log_failure, "leave")
@@ -372,7 +381,7 @@ class RedisCluster(service.Service):
 
     def sign_out(self, app, socket_id: str, user_id: str) -> None:
         redis = self._redis
-        if redis is not None and self._mine(socket_id):
+        if redis is not None and self._mine(socket_id) and not self._draining:
             self._run(redis, scripts.SIGN_OUT, self._app_keys[app.id], socket_id).addErrback(
                 self._log_failure, "sign out")
 

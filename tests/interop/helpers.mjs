@@ -156,6 +156,10 @@ function tomlValue(value) {
     return String(value);
   }
   if (Array.isArray(value)) return `[${value.map(tomlValue).join(', ')}]`;
+  if (value && typeof value === 'object') {
+    // An inline table (e.g. a webhook filter); keys quoted so they are written verbatim.
+    return `{ ${Object.entries(value).map(([k, v]) => `${JSON.stringify(k)} = ${tomlValue(v)}`).join(', ')} }`;
+  }
   throw new Error(`cannot write ${typeof value} to TOML`);
 }
 
@@ -182,7 +186,15 @@ export function appConfig(overrides = {}) {
   };
 }
 
-export function renderConfig({ port, server = {}, apps = [appConfig()], tls = null, limits = null }) {
+/**
+ * The daemon's TOML. Optional tables: [limits] (`limits`), [webhooks] (`webhooks`, e.g. {grace: 1}),
+ * [cluster] (`cluster`, e.g. {engine: 'redis', redis_url, prefix, node_timeout}); `stateDir` is
+ * [server] state_dir. An app may carry `webhooks: [{url, event_types?, filter?}]`, written as its
+ * [[apps.webhooks]] tables.
+ */
+export function renderConfig({
+  port, server = {}, apps = [appConfig()], tls = null, limits = null, webhooks = null, cluster = null, stateDir = null,
+}) {
   const listen = [`tcp:${port}:interface=127.0.0.1`];
   if (tls) {
     listen.push(`ssl:${tls.port}:interface=127.0.0.1:privateKey=${tls.key}:certKey=${tls.cert}`);
@@ -191,11 +203,17 @@ export function renderConfig({ port, server = {}, apps = [appConfig()], tls = nu
     listen,
     activity_timeout: 120,
     max_message_size: 65536,
+    ...(stateDir ? { state_dir: stateDir } : {}),
     ...server,
   };
   const parts = [tomlTable('[server]', serverTable)];
   if (limits) parts.push(tomlTable('[limits]', limits));
-  for (const app of apps) parts.push(tomlTable('[[apps]]', app));
+  if (webhooks) parts.push(tomlTable('[webhooks]', webhooks));
+  if (cluster) parts.push(tomlTable('[cluster]', cluster));
+  for (const { webhooks: targets = [], ...app } of apps) {
+    parts.push(tomlTable('[[apps]]', app));
+    for (const target of targets) parts.push(tomlTable('[[apps.webhooks]]', target));
+  }
   return parts.join('\n\n') + '\n';
 }
 
@@ -219,12 +237,27 @@ export class Daemon {
   /**
    * `tls: true` also listens with TLS on `tlsPort`, with a fresh self-signed cert (`tlsCert`).
    * `limits` is written as the [limits] table (e.g. {max_presence_members: 2}).
+   * Cluster nodes: `cluster` is the [cluster] table, `webhooks` the [webhooks] table (e.g.
+   * {grace: 1}), `stateDir` the state_dir (kept by stop(): a restarted node reuses it), `port` a
+   * fixed port (default: a free one). `detached: true` runs the daemon in its own process group, so
+   * kill9() kills the whole group. `awaitReady: false` makes start() resolve as soon as the HTTP
+   * port answers, whatever /ready says (a node whose Redis is down).
    */
-  constructor({ apps, server, tls = false, limits = null } = {}) {
+  constructor({
+    apps, server, tls = false, limits = null, webhooks = null, cluster = null, stateDir = null, port = null,
+    detached = false, awaitReady = true,
+  } = {}) {
+    this.options = { apps, server, tls, limits, webhooks, cluster, stateDir, port, detached, awaitReady };
     this.apps = apps;
     this.server = server;
     this.limits = limits;
     this.tls = tls;
+    this.webhooks = webhooks;
+    this.cluster = cluster;
+    this.stateDir = stateDir;
+    this.fixedPort = port;
+    this.detached = detached;
+    this.awaitReady = awaitReady;
     this.chunks = [];
     this.proc = null;
     this.exited = null;
@@ -239,12 +272,13 @@ export class Daemon {
     this.configPath = path.join(this.dir, 'soketify.toml');
     fs.writeFileSync(this.configPath, await this._configText());
     this._launch();
-    await this.waitReady(15000);
+    if (this.awaitReady) await this.waitReady(15000);
+    else await this.waitListening(15000);
   }
 
   /** The TOML config of this daemon; picks the free port(s) it listens on. */
   async _configText() {
-    this.port = await freePort();
+    this.port = this.fixedPort ?? (await freePort());
     let tls = null;
     if (this.tls) {
       this.tlsPort = await freePort();
@@ -253,7 +287,10 @@ export class Daemon {
       if (made.status !== 0) throw new Error(`make_cert.py failed: ${made.stderr}`);
       this.tlsCert = tls.cert;
     }
-    return renderConfig({ port: this.port, server: this.server, apps: this.apps, tls, limits: this.limits });
+    return renderConfig({
+      port: this.port, server: this.server, apps: this.apps, tls, limits: this.limits,
+      webhooks: this.webhooks, cluster: this.cluster, stateDir: this.stateDir,
+    });
   }
 
   /** Run twistd on the written config, collecting its output. */
@@ -262,6 +299,7 @@ export class Daemon {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, PYTHONUNBUFFERED: '1' },
+      detached: this.detached,
     });
     const echo = process.env.SOKETIFY_INTEROP_LOGS === '1';
     const collect = (chunk) => {
@@ -308,6 +346,57 @@ export class Daemon {
     }
   }
 
+  /** Resolves once the HTTP port answers /ready at all (any status). */
+  async waitListening(timeout) {
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      if (this.exit) throw new Error(`daemon exited before listening: ${JSON.stringify(this.exit)}`);
+      try {
+        const res = await fetch(`${this.baseUrl}/ready`, { signal: AbortSignal.timeout(1000) });
+        await res.arrayBuffer();
+        return res.status;
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) throw new Error(`daemon not listening after ${timeout} ms`);
+      await delay(100);
+    }
+  }
+
+  /** GET /ready: {status, json}. */
+  async ready() {
+    const res = await fetch(`${this.baseUrl}/ready`, { signal: AbortSignal.timeout(2000) });
+    const text = await res.text();
+    let json;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return { status: res.status, json };
+  }
+
+  /** True while the daemon process runs. */
+  get running() {
+    return this.proc !== null && this.exit === null;
+  }
+
+  /**
+   * kill -9: no graceful stop, no flush. A `detached` daemon leads its own process group, and the
+   * whole group is killed. Resolves with {code, signal} once it is gone.
+   */
+  async kill9() {
+    if (this.proc && !this.exit) {
+      try {
+        if (this.detached) process.kill(-this.proc.pid, 'SIGKILL');
+        else this.proc.kill('SIGKILL');
+      } catch (err) {
+        if (err.code !== 'ESRCH') throw err;
+      }
+    }
+    return this.exited;
+  }
+
   /** Send SIGTERM (once) and resolve with {code, signal} when it exits; SIGKILL after `timeout`. */
   async stop(timeout = 10000) {
     if (!this.proc) return null;
@@ -316,7 +405,15 @@ export class Daemon {
       try {
         await withTimeout(this.exited, timeout, 'daemon exit after SIGTERM');
       } catch (err) {
-        this.proc.kill('SIGKILL');
+        if (this.detached) {
+          try {
+            process.kill(-this.proc.pid, 'SIGKILL');
+          } catch {
+            this.proc.kill('SIGKILL');
+          }
+        } else {
+          this.proc.kill('SIGKILL');
+        }
         await this.exited;
         this.killed = true;
       }
@@ -768,4 +865,193 @@ export function runPysher(daemon, { channels, events, app = APP, secret = app.se
       }
     },
   };
+}
+
+// ---------------------------------------------------------------- redis-server (cluster tests)
+
+export const REDIS_SERVER = process.env.SOKETIFY_REDIS_SERVER || 'redis-server';
+
+/** Send PING over a fresh TCP connection; resolves true on +PONG, false on anything else. */
+function redisPing(port, timeout = 1000) {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    let answer = '';
+    const done = (ok) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), timeout);
+    socket.on('connect', () => socket.write('PING\r\n'));
+    socket.on('data', (d) => {
+      answer += d.toString('latin1');
+      if (answer.includes('\r\n')) done(answer.startsWith('+PONG'));
+    });
+    socket.on('error', () => done(false));
+    socket.on('close', () => done(false));
+  });
+}
+
+/**
+ * A real redis-server on 127.0.0.1:`port` (a free one by default), without persistence
+ * (`--save '' --appendonly no`) in a temp dir: a restart starts empty. `stop()` and `start()`
+ * (again) keep the port; always `await redis.close()` in an after() hook.
+ */
+export class RedisServer {
+  static async start({ port } = {}) {
+    const redis = new RedisServer(port ?? (await freePort()));
+    try {
+      await redis.start();
+    } catch (err) {
+      await redis.close();
+      throw err;
+    }
+    return redis;
+  }
+
+  constructor(port) {
+    this.port = port;
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-redis-'));
+    this.proc = null;
+    this.exited = null;
+    this.chunks = [];
+  }
+
+  get url() {
+    return `redis://127.0.0.1:${this.port}/0`;
+  }
+
+  get running() {
+    return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  output() {
+    return Buffer.concat(this.chunks).toString('utf8');
+  }
+
+  /** Start (or start again) on the same port and wait until it answers PING. */
+  async start(timeout = 10000) {
+    if (this.running) throw new Error('redis-server is already running');
+    const args = [
+      '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+      '--dir', this.dir, '--daemonize', 'no', '--loglevel', 'warning',
+    ];
+    const proc = spawn(REDIS_SERVER, args, { cwd: this.dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = proc;
+    proc.stdout.on('data', (c) => this.chunks.push(c));
+    proc.stderr.on('data', (c) => this.chunks.push(c));
+    this.exited = new Promise((resolve) => {
+      proc.on('error', (err) => resolve({ error: err.message }));
+      proc.on('exit', (code, signal) => resolve({ code, signal }));
+    });
+    const deadline = Date.now() + timeout;
+    while (!(await redisPing(this.port))) {
+      if (!this.running) {
+        throw new Error(`redis-server exited before answering PING: ${JSON.stringify(await this.exited)}\n${this.output()}`);
+      }
+      if (Date.now() > deadline) throw new Error(`redis-server not answering PING after ${timeout} ms\n${this.output()}`);
+      await delay(20);
+    }
+  }
+
+  /** Stop it (SIGTERM, SIGKILL after `timeout`): its state is gone; the port is free again. */
+  async stop(timeout = 5000) {
+    if (!this.running) return;
+    this.proc.kill('SIGTERM');
+    try {
+      await withTimeout(this.exited, timeout, 'redis-server to exit');
+    } catch {
+      this.proc.kill('SIGKILL');
+      await this.exited;
+    }
+  }
+
+  /** stop(), wait `downMs`, start() again on the same port (empty). */
+  async restart({ downMs = 0 } = {}) {
+    await this.stop();
+    if (downMs > 0) await delay(downMs);
+    await this.start();
+  }
+
+  /** stop() and remove its directory. */
+  async close() {
+    await this.stop();
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** The [cluster] table of a node on `redis`. */
+export function redisCluster(redis, { prefix, nodeTimeout = 2 } = {}) {
+  return { engine: 'redis', redis_url: redis.url, prefix, node_timeout: nodeTimeout };
+}
+
+/**
+ * Start `count` daemons (in parallel) as nodes of one cluster: the same `apps`, `cluster` table and
+ * `webhooks` settings, each with its own port and state_dir (`node.stateDir`), each detached (so
+ * kill9() works). Resolves with the started nodes; if one fails, the others are stopped.
+ */
+export async function startNodes(count, { apps, cluster, webhooks = null, limits = null, server } = {}) {
+  const stateDirs = Array.from({ length: count }, () => fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-node-state-')));
+  const started = await Promise.allSettled(
+    stateDirs.map((stateDir) => Daemon.start({ apps, cluster, webhooks, limits, server, stateDir, detached: true })),
+  );
+  const nodes = started.filter((r) => r.status === 'fulfilled').map((r) => r.value);
+  const failed = started.find((r) => r.status === 'rejected');
+  if (failed) {
+    await Promise.all(nodes.map((n) => n.stop()));
+    for (const dir of stateDirs) fs.rmSync(dir, { recursive: true, force: true });
+    throw failed.reason;
+  }
+  return nodes;
+}
+
+/** Stop every node (SIGTERM, SIGKILL if it hangs) and remove their state dirs. */
+export async function stopNodes(nodes) {
+  await Promise.all(nodes.filter(Boolean).map((n) => n.stop().catch(() => n.kill9())));
+  for (const n of nodes.filter(Boolean)) {
+    if (n.stateDir) fs.rmSync(n.stateDir, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------- TCP forwarder
+
+/**
+ * A TCP port forwarding every new connection to 127.0.0.1:`target` (changeable at any time, as a
+ * load balancer moving traffic to another node). Connections already forwarded stay where they
+ * are; when either side closes, the other is closed too.
+ */
+export class TcpForwarder {
+  static async start(target) {
+    const fwd = new TcpForwarder(target);
+    await new Promise((resolve, reject) => {
+      fwd.server.once('error', reject);
+      fwd.server.listen(0, '127.0.0.1', () => resolve());
+    });
+    fwd.port = fwd.server.address().port;
+    return fwd;
+  }
+
+  constructor(target) {
+    this.target = target;
+    this.sockets = new Set();
+    this.connections = []; // {target} per accepted connection, in order
+    this.server = net.createServer((client) => {
+      const upstream = net.connect({ host: '127.0.0.1', port: this.target });
+      this.connections.push({ target: this.target });
+      for (const s of [client, upstream]) {
+        this.sockets.add(s);
+        s.on('close', () => this.sockets.delete(s));
+        s.on('error', () => {});
+      }
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+  }
+
+  async stop() {
+    for (const s of this.sockets) s.destroy();
+    await new Promise((resolve) => this.server.close(() => resolve()));
+  }
 }
