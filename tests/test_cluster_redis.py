@@ -196,6 +196,35 @@ class RedisFailureTests(RedisNodes, unittest.TestCase):
         reconnect (4200), and delivery between nodes works again, once."""
         return ensureDeferred(self._redis_restarted_empty())
 
+    async def _slow_node_cut_off(self):
+        self.redis = await start_redis(self, reactor, extra_args=(
+            "--client-output-buffer-limit", "pubsub 256kb 128kb 1"))
+        self.prefix = f"test{next(_prefixes)}"
+        a, b = await self._start_nodes(2)
+        await a.cluster.join(APP, "news", a.socket(1), None)
+        await b.cluster.join(APP, "news", b.socket(1), None)
+        old = b.number
+        b.cluster._redis.transport.pauseProducing()  # b stops reading, as a node too busy would
+        big = protocol.event("e", "news", "x" * 2000)
+        for _ in range(250):  # 10 MB in all: more than the kernel's buffers and the 256 KB limit
+            for _ in range(20):
+                a.cluster.publish(APP, "news", big, None)
+            await a.cluster.sync()  # a reads as it goes: only b falls behind
+        b.cluster._redis.transport.resumeProducing()
+        await wait_until(lambda: b.listener.lost and b.cluster.ready, "b cut off and back", 10)
+        self.assertNotEqual(b.cluster.node_number, old)
+        self.assertTrue(a.cluster.ready)
+        self.assertEqual(a.listener.lost, [])
+        a.cluster.publish(APP, "news", protocol.event("after", "news", "1"), None)
+        await self.settle([a])
+        self.assertEqual(a.listener.deliveries[-1][2], protocol.event("after", "news", "1"))
+        self.assertEqual(sum(1 for d in a.listener.deliveries if d[1] == "news"), 5001)
+
+    def test_slow_node_is_cut_off_by_redis_and_rejoins_without_harming_others(self):
+        """A node that stops reading is disconnected by Redis' pub/sub output limit, then reconnects
+        as a new node and moves its clients; the other node keeps every event, once."""
+        return ensureDeferred(self._slow_node_cut_off())
+
     async def _declared_dead_rejoins(self):
         a, b = await self._start_nodes(2)
         old = b.number
