@@ -217,6 +217,37 @@ export function renderConfig({
   return parts.join('\n\n') + '\n';
 }
 
+// A detached daemon leads its own process group, so a Ctrl-C in the terminal (SIGINT to the
+// foreground group) does not reach it. Kill the ones still running when this process exits or is
+// interrupted, so none outlives the test run.
+const detachedDaemons = new Set();
+let exitHooksInstalled = false;
+
+function killDetachedDaemons() {
+  for (const daemon of detachedDaemons) {
+    try {
+      process.kill(-daemon.proc.pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  detachedDaemons.clear();
+}
+
+function trackDetached(daemon) {
+  detachedDaemons.add(daemon);
+  daemon.proc.on('exit', () => detachedDaemons.delete(daemon));
+  if (exitHooksInstalled) return;
+  exitHooksInstalled = true;
+  process.on('exit', killDetachedDaemons);
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.once(signal, () => {
+      killDetachedDaemons();
+      process.kill(process.pid, signal); // the default action, now that no handler is left
+    });
+  }
+}
+
 /**
  * A running soketify daemon (twistd -n soketify --config file) on a free port.
  * Use `Daemon.start({apps, server})`; always `await daemon.stop()` in an after() hook.
@@ -301,6 +332,7 @@ export class Daemon {
       env: { ...process.env, PYTHONUNBUFFERED: '1' },
       detached: this.detached,
     });
+    if (this.detached) trackDetached(this);
     const echo = process.env.SOKETIFY_INTEROP_LOGS === '1';
     const collect = (chunk) => {
       this.chunks.push(chunk);
