@@ -17,6 +17,9 @@ ports, and drives them with bench/loadgen.mjs:
   presence  1,000 presence joins spread over three Redis nodes, with one watching member per node:
             joins/s, and for each join the time from its subscription_succeeded until the watchers
             on every node have its member_added (target: p99 under 100 ms).
+  peer      two Soketify nodes against two Soketi 1.6.1 nodes with its Redis adapter (each pair on
+            its own redis-server; Soketi from ../shared/peers/setup-soketi.sh): the cross-node
+            fan-out above, and the presence joins over the two nodes.
 
 Prints a Markdown table; writes JSON to bench/results/cluster-<time>.json.
 """
@@ -69,6 +72,31 @@ class RedisServer:
         self.proc.terminate()
         self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+PEERS = os.environ.get("PEERS", os.path.expanduser("~/.cache/soketify-peers"))
+START_SOKETI = os.path.join(run.ROOT, "..", "shared", "peers", "start-soketi.sh")
+
+
+class SoketiNode(Server):
+    """Soketi 1.6.1 with its Redis adapter (../shared/peers), driven like a Soketify node."""
+
+    def __init__(self, name, logdir, redis):
+        super().__init__(name, logdir)
+        self.redis = redis
+
+    def _configure(self):
+        self.ws_port = self.http_port = free_port()
+        self.cmd = ["bash", START_SOKETI, str(self.ws_port)]
+        self.env = dict(os.environ, SOKETI_METRICS_SERVER_PORT=str(free_port()),
+                        SOKETI_ADAPTER_DRIVER="redis", SOKETI_DB_REDIS_HOST="127.0.0.1",
+                        SOKETI_DB_REDIS_PORT=str(self.redis.port), SOKETI_PRESENCE_MAX_MEMBERS="5000",
+                        SOKETI_DEFAULT_APP_ID=run.APP_ID, SOKETI_DEFAULT_APP_KEY=APP_KEY,
+                        SOKETI_DEFAULT_APP_SECRET=APP_SECRET)
+        self.target = {"kind": "pusher", "port": self.ws_port, "app_id": run.APP_ID, "key": APP_KEY,
+                       "secret": APP_SECRET}
+        self.url = f"ws://127.0.0.1:{self.ws_port}/app/{APP_KEY}{run.WS_QUERY}"
+        self.ready_url = f"http://127.0.0.1:{self.ws_port}/ready"
 
 
 def node(name, logdir, redis=None, prefix="bench"):
@@ -181,13 +209,56 @@ async def phase_cross(logdir, redis, subs, pub):
     return out
 
 
+async def phase_peer(logdir, redis, subs, pub):
+    """Two Soketify nodes against two Soketi nodes (Redis adapter), each pair on its own Redis."""
+    if not os.path.exists(os.path.join(PEERS, "soketi", "node_modules")):
+        log("  peer: Soketi is not set up (run ../shared/peers/setup-soketi.sh); skipped")
+        return None
+    soketi_redis = RedisServer()
+    pairs = {"soketify": [node(f"soketify-{i}", logdir, redis, "peer") for i in range(2)],
+             "soketi": [SoketiNode(f"soketi-{i}", logdir, soketi_redis) for i in range(2)]}
+    out = {name: [] for name in pairs}
+    try:
+        for servers in pairs.values():
+            for server in servers:
+                server.start()
+            await warm(servers, subs, pub)
+        for _ in range(PROFILE["repeats"]):
+            for name, servers in pairs.items():
+                paced = await fanout(servers, servers[0], subs, pub, PROFILE["paced_events"],
+                                     rate=PROFILE["paced_rate"])
+                saturated = await fanout(servers, servers[0], subs, pub, PROFILE["fanout_events"])
+                log(f"  peer {name}: paced p50 {paced['p50_ms']:.1f} p99 {paced['p99_ms']:.1f} ms "
+                    f"{paced['cpu_us_per_delivery']:.1f} us/delivery, saturated "
+                    f"{saturated['deliveries_per_s']:.0f}/s, lost {paced['lost'] + saturated['lost']} "
+                    f"dup {paced['dup'] + saturated['dup']}")
+                out[name].append({"paced": paced, "saturated": saturated})
+        for name, servers in pairs.items():
+            out[name + " presence"] = await presence_joins(servers, subs, pub, name)
+    finally:
+        for servers in pairs.values():
+            for server in servers:
+                server.cleanup()
+        soketi_redis.stop()
+    return out
+
+
 async def phase_presence(logdir, redis, subs, pub):
     nodes = [node(f"node-{i}", logdir, redis, "presence") for i in range(3)]
-    workers = subs + [pub]
     try:
         for server in nodes:
             server.start()
-        auth = {"key": APP_KEY, "secret": APP_SECRET, "channel": "presence-bench"}
+        return await presence_joins(nodes, subs, pub, "soketify")
+    finally:
+        for server in nodes:
+            server.cleanup()
+
+
+async def presence_joins(nodes, subs, pub, label):
+    """1,000 joins spread over the nodes, one watching member per node."""
+    workers = subs + [pub]
+    if True:
+        auth = {"key": APP_KEY, "secret": APP_SECRET, "channel": f"presence-bench-{label}"}
         for i, server in enumerate(nodes):
             await workers[i % len(workers)].call("watch", url=server.url, user=f"watcher-{i}", **auth)
         await asyncio.sleep(0.5)
@@ -217,12 +288,9 @@ async def phase_presence(logdir, redis, subs, pub):
         res = {"joins": joined, "joins_per_s": joined / seconds, "agree_p50_ms": pick(0.5),
                "agree_p99_ms": pick(0.99), "agree_max_ms": pick(1.0), "missing": missing,
                "watchers": len(seen)}
-        log(f"  presence: {res}")
+        log(f"  presence {label}: {res}")
         await asyncio.gather(*(w.call("close") for w in workers))
         return res
-    finally:
-        for server in nodes:
-            server.cleanup()
 
 
 def best(runs, key, pick=min):
@@ -230,9 +298,10 @@ def best(runs, key, pick=min):
 
 
 def report(results):
-    lines = ["| figure | one node (local) | Redis engine | ratio | target |", "|---|---:|---:|---:|---|"]
+    lines = []
     cost = results.get("cost")
     if cost:
+        lines += ["| figure | one node (local) | Redis engine | ratio | target |", "|---|---:|---:|---:|---|"]
         for label, path, target in (
                 ("connect 5,000: server CPU per connection (us)", ("connect", "cpu_us_per_conn"), "<= 1.2x"),
                 ("connect 5,000: memory per idle connection (KB)", ("connect", "kb_per_conn"), ""),
@@ -267,6 +336,28 @@ def report(results):
                   f"| member lists agree, p99 (ms) | {presence['agree_p99_ms']:.1f} | < 100 |",
                   f"| member lists agree, max (ms) | {presence['agree_max_ms']:.1f} | |",
                   f"| joins a watcher never saw | {presence['missing']} | 0 |"]
+    peer = results.get("peer")
+    if peer:
+        lines += ["", "| two nodes on Redis, 1,000 subscribers | Soketify | Soketi 1.6.1 | ratio |",
+                  "|---|---:|---:|---:|"]
+        for label, mode, key, pick in (
+                ("paced 20 events/s: latency p50 (ms)", "paced", "p50_ms", min),
+                ("paced 20 events/s: latency p99 (ms)", "paced", "p99_ms", min),
+                ("paced: server CPU per delivery, both nodes (us)", "paced", "cpu_us_per_delivery", min),
+                ("saturated: deliveries/s", "saturated", "deliveries_per_s", max),
+                ("saturated: server CPU per delivery (us)", "saturated", "cpu_us_per_delivery", min)):
+            ours = pick(r[mode][key] for r in peer["soketify"])
+            theirs = pick(r[mode][key] for r in peer["soketi"])
+            lines.append(f"| {label} | {ours:,.2f} | {theirs:,.2f} | {ours / theirs:.2f}x |")
+        for key, label in (("joins_per_s", "presence, 1,000 joins: joins/s"),
+                           ("agree_p99_ms", "presence: member lists agree, p99 (ms)"),
+                           ("missing", "presence: joins a watcher never saw")):
+            ours, theirs = peer["soketify presence"][key], peer["soketi presence"][key]
+            ratio = f"{ours / theirs:.2f}x" if theirs else ""
+            lines.append(f"| {label} | {ours:,.1f} | {theirs:,.1f} | {ratio} |")
+        problems = {name: sum(r[m]["lost"] + r[m]["dup"] for r in peer[name] for m in ("paced", "saturated"))
+                    for name in ("soketify", "soketi")}
+        lines.append(f"| lost + duplicated deliveries | {problems['soketify']} | {problems['soketi']} | |")
     return "\n".join(lines)
 
 
@@ -284,6 +375,8 @@ async def main_async(phases, logdir):
             results["cross"] = await phase_cross(logdir, redis, subs, pub)
         if "presence" in phases:
             results["presence"] = await phase_presence(logdir, redis, subs, pub)
+        if "peer" in phases:
+            results["peer"] = await phase_peer(logdir, redis, subs, pub)
     finally:
         for w in subs + [pub]:
             await w.stop()
@@ -293,7 +386,7 @@ async def main_async(phases, logdir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--phases", default="cost,cross,presence")
+    ap.add_argument("--phases", default="cost,cross,presence,peer")
     ap.add_argument("--quick", action="store_true", help="small smoke profile; figures not meaningful")
     args = ap.parse_args()
     if args.quick:
