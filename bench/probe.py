@@ -79,7 +79,7 @@ def start_soketify(reactor, port):
     service.startService()
     target = {"kind": "pusher", "port": port, "app_id": "app-id", "key": "app-key",
               "secret": "app-secret"}
-    return target, lambda: next(iter(service.websocket.connections), None)
+    return target, lambda: next(iter(service.hub.connections), None)
 
 
 def start_floor(reactor, port, http_port):

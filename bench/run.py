@@ -186,9 +186,10 @@ class Server:
         self.logpath = os.path.join(self.logdir, f"{self.name}-{self.starts}.log")
         self.logfile = open(self.logpath, "wb")
         log(f"{self.name}: starting ({' '.join(self.cmd)})")
+        # Its own process group, so that stop() reaches any process it starts (Soketi does).
         self.proc = subprocess.Popen(self.cmd, cwd=self.tmp, env=self.env,
                                      stdout=self.logfile, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -204,13 +205,18 @@ class Server:
 
     def stop(self, timeout=15):
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 log(f"{self.name} did not stop within {timeout}s; killing")
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        if self.proc:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # whatever it left behind
+            except ProcessLookupError:
+                pass
         if self.proc:
             self.logfile.close()
             self.proc = None

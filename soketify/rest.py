@@ -57,6 +57,8 @@ def _info_attributes(raw: object, allowed: frozenset, what: str) -> list[str]:
 
 def _query_component(raw: bytes) -> str:
     try:
+        if b"%" not in raw and b"+" not in raw:  # most are: keys, timestamps, hex signatures
+            return raw.decode("utf-8")
         return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "The query string is not valid UTF-8 once percent-decoded")
