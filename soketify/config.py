@@ -73,6 +73,15 @@ def not_empty(value: str) -> str | None:
     return None if value else "must not be empty"
 
 
+def printable_word(value: str) -> str | None:
+    """Ids and keys appear in URLs, Redis keys and log lines: no spaces or control characters."""
+    if not value:
+        return "must not be empty"
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return f"must not contain spaces or control characters, not {value!r}"
+    return None
+
+
 def one_of(*choices: str) -> Check:
     def check(value: str) -> str | None:
         if value not in choices:
@@ -221,8 +230,8 @@ class WebhookConfig:
 
 @dataclass(frozen=True)
 class AppConfig:
-    id: str = setting(check=not_empty)
-    key: str = setting(check=not_empty)
+    id: str = setting(check=printable_word)
+    key: str = setting(check=printable_word)
     secret: str = setting(check=not_empty)
     enabled: bool = setting(True)
     max_connections: int = setting(0, non_negative)

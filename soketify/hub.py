@@ -90,7 +90,7 @@ class Hub:
         self.cluster.connection_closed(app.id)
         socket_id = connection.socket_id
         for name, user_id in self._channels[app.id].remove_connection(connection):
-            self.cluster.leave(app, name, socket_id, user_id)
+            self._leave(app, name, socket_id, user_id)
         if connection.user_id is not None:
             self.users.remove(app.id, connection)
             self.cluster.sign_out(app, socket_id, connection.user_id)
@@ -135,10 +135,26 @@ class Hub:
                 self._channels[connection.app.id].add(connection, name, user_id)
         return result
 
+    def subscribed(self, connection, name: str, joined: Joined) -> None:
+        """The new subscriber has its reply: now everyone here hears the new count."""
+        if joined.new:
+            self._count_changed_here(connection.app, name, joined.subscription_count)
+
     def unsubscribe(self, connection, name: str) -> None:
         removed, user_id = self._channels[connection.app.id].remove(connection, name)
         if removed:
-            self.cluster.leave(connection.app, name, connection.socket_id, user_id)
+            self._leave(connection.app, name, connection.socket_id, user_id)
+
+    def _leave(self, app: AppConfig, name: str, socket_id: str, user_id: str | None) -> None:
+        left = self.cluster.leave(app, name, socket_id, user_id)
+        left.addCallback(lambda count: self._count_changed_here(app, name, count))
+        left.addErrback(lambda f: log.failure("Counting subscribers after a leave failed", f))
+
+    def _count_changed_here(self, app: AppConfig, name: str, count: int | None) -> None:
+        if count is None or protocol.is_presence(name):
+            return
+        if app.subscription_count or self.webhooks.wants(app.id, "subscription_count"):
+            self.subscription_count_changed(app.id, name, count, True)
 
     # -- users -------------------------------------------------------------------------------
 
@@ -160,10 +176,14 @@ class Hub:
         return online.addCallback(signed_in)
 
     def user_online_changed(self, app_id: str, user_id: str, online: bool) -> None:
+        # The user's own connection, watching itself, learns its state from its sign-in answer.
+        watchers = [w for w in self.users.watchers_of(app_id, user_id) if w.user_id != user_id]
+        if not watchers:
+            return
         events = watchlist_events([user_id], ()) if online else watchlist_events((), [user_id])
-        text = protocol.encode(protocol.WATCHLIST_EVENTS, {"events": events})
-        for watcher in self.users.watchers_of(app_id, user_id):
-            watcher.send(text)
+        frame = self._frame(protocol.encode(protocol.WATCHLIST_EVENTS, {"events": events}).encode())
+        for watcher in watchers:
+            watcher.write_frame(frame)
 
     def terminate_user(self, app_id: str, user_id: str) -> Deferred:
         """Deferred: every connection of this user, on every node, closed with 4009."""
@@ -190,14 +210,19 @@ class Hub:
 
     def subscription_count_changed(self, app_id: str, name: str, count: int, here: bool) -> None:
         key = (app_id, name)
-        if count == 0:
-            # Nobody left to tell (the announcer forgets the channel too).
+        if self._channels[app_id].get(name) is None:
+            # Nobody here to tell, now or later: forget the channel (the announcer too). A change
+            # made here still gets its webhook, at once.
             self._latest_counts.pop(key, None)
             self._counts_changed_here.discard(key)
-        else:
-            self._latest_counts[key] = count
-            if here:
-                self._counts_changed_here.add(key)
+            self._counts.changed(app_id, name, 0)
+            if here and count:
+                self.webhooks.emit(app_id, {"name": "subscription_count", "channel": name,
+                                            "subscription_count": count})
+            return
+        self._latest_counts[key] = count
+        if here:
+            self._counts_changed_here.add(key)
         self._counts.changed(app_id, name, count)
 
     def _announce_subscription_count(self, app_id: str, name: str) -> None:
@@ -259,6 +284,9 @@ class Hub:
     def emit_webhook(self, app_id: str, event: dict) -> None:
         self.webhooks.emit(app_id, event)
 
+    def webhooks_stored(self) -> Deferred:
+        return self.webhooks.stored()
+
     # -- queries -----------------------------------------------------------------------------
 
     def channel_stats(self, app_id: str, names: Iterable[str]) -> Deferred:
@@ -286,3 +314,6 @@ class NoWebhooks:
 
     def wants(self, app_id: str, name: str) -> bool:
         return False
+
+    def stored(self) -> Deferred:
+        return succeed(None)

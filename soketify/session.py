@@ -40,6 +40,8 @@ class Sessions:
 
     def receive(self, connection, message: protocol.ClientMessage | protocol.ProtocolError) -> None:
         """Handle one decoded client frame now, or after the frames still waiting before it."""
+        if connection.closing:
+            return  # a close was started: what the client still sends has no one to answer
         backlog = connection.backlog
         if backlog is None:
             self._handle(connection, message)
@@ -66,7 +68,7 @@ class Sessions:
 
     def _resume(self, _, connection) -> None:
         backlog, connection.backlog = connection.backlog, None
-        while backlog and not connection.closed:
+        while backlog and not (connection.closed or connection.closing):
             self._handle(connection, backlog.popleft())
             if connection.backlog is not None:
                 # Waiting again: what is left stays behind the new wait, in order.
@@ -144,9 +146,7 @@ class Sessions:
         if protocol.is_cache(name):
             connection.send(result.cached if result.cached is not None
                             else protocol.encode(protocol.CACHE_MISS, channel=name))
-        if result.new and connection.app.subscription_count and not protocol.is_presence(name):
-            # The others heard of the new count; the new subscriber hears it here.
-            connection.send(protocol.subscription_count(name, result.subscription_count))
+        self.hub.subscribed(connection, name, result)
 
     def _not_subscribed(self, failure, connection, name: str) -> None:
         failure.trap(ClusterUnavailable)

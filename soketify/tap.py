@@ -130,9 +130,11 @@ class SoketifyService(service.MultiService):
         self.ready = False
         self.websocket.stopping = True
         self.activity.stop()
-        # Each listener's stopService answers once its port has really stopped listening.
-        stopped = DeferredList([maybeDeferred(listener.stopService) for listener in self.listeners],
-                               fireOnOneErrback=True, consumeErrors=True)
+        # Each listener's stopService answers once its port has really stopped listening; one that
+        # fails is logged and the stop goes on (clients still move, webhooks still reach the outbox).
+        stopped = DeferredList([maybeDeferred(listener.stopService).addErrback(
+            lambda f: log.failure("A listener did not stop cleanly", f))
+            for listener in self.listeners])
         stopped.addCallback(lambda _: self.cluster.draining())
         stopped.addCallback(lambda _: self._move_clients())
         # Only once every client is gone: their vacated/member_removed events are decided, not lost.

@@ -154,6 +154,7 @@ class Webhooks:
         # Events of this reactor turn, written to the outbox together in one transaction.
         self._unstored: list[tuple[Target, str]] = []
         self._store_call = None
+        self._last_store: Deferred = succeed(None)  # outbox writes run in order: the last one
         self._targets: dict[str, list[Target]] = {}
         for app in apps:
             self._targets[app.id] = [Target(app, webhook, settings, clock, outbox, post, dropped,
@@ -191,7 +192,21 @@ class Webhooks:
         stored = self._outbox.add([(target.key, text) for target, text in rows])
         stored.addCallbacks(queue, lambda f: log.failure(
             "Could not store {count} webhook events", f, count=len(rows)))
+        self._last_store = stored
         return stored
+
+    def stored(self) -> Deferred:
+        """Fires once every event emitted so far is in the outbox (written now if still waiting)."""
+        if self._store_call is not None:
+            self._store_call.cancel()
+            self._store()
+        done = Deferred()
+
+        def fire(result):
+            done.callback(None)
+            return result
+        self._last_store.addBoth(fire)
+        return done
 
     def resume(self) -> Deferred:
         """Queue what a previous run left in the outbox; events of removed targets are dropped."""

@@ -135,6 +135,11 @@ class PusherServerProtocol(WebSocketServerProtocol):
                 return
         self.transport.write(frame)
 
+    @property
+    def closing(self) -> bool:
+        """A close was started, by either side (or the connection is gone)."""
+        return not is_open(self)
+
     def close(self, code: int, reason: str) -> None:
         if is_open(self):
             self.sendClose(code, reason)

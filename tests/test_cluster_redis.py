@@ -7,10 +7,12 @@ import itertools
 from dataclasses import replace
 
 from twisted.internet import reactor, task
-from twisted.internet.defer import ensureDeferred, inlineCallbacks
+from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks
 from twisted.trial import unittest
 
 from soketify import protocol
+from soketify.cluster import redis as redis_engine
+from soketify.cluster.interfaces import MemberLimitReached
 from soketify.cluster.redis import RedisCluster
 from soketify.config import ClusterConfig, LimitsConfig
 from tests.cluster_contract import APP, GRACE, OTHER_APP, ClusterContract, Node, all_webhooks
@@ -148,7 +150,14 @@ class RedisFailureTests(RedisNodes, unittest.TestCase):
         await a.cluster.join(APP, "presence-room", a.socket(1), ("alice", None))
         await b.cluster.join(APP, "presence-room", b.socket(1), ("bob", None))
         await b.cluster.join(APP, "presence-room", b.socket(2), ("carol", None))
+        app = replace(APP, max_connections=2)
+        self.assertEqual([b.cluster.admit_connection(app), b.cluster.admit_connection(app)],
+                         [True, True])
+        await self.settle([a, b])
+        self.assertFalse(a.cluster.admit_connection(app))
         b.cluster.draining()
+        await self.settle([a, b])
+        self.assertTrue(a.cluster.admit_connection(app), "the moving clients no longer count")
         # The node moves its clients: they close there (bob also reconnects through a)...
         b.cluster.leave(APP, "presence-room", b.socket(1), "bob")
         b.cluster.leave(APP, "presence-room", b.socket(2), "carol")
@@ -236,6 +245,88 @@ class RedisFailureTests(RedisNodes, unittest.TestCase):
         self.assertNotEqual(b.cluster.node_number, old)
         members = await a.cluster.channel_members(APP.id, "presence-room")
         self.assertEqual(members, [])
+        channel = f"{b.cluster._app_keys[APP.id]}:e:presence-room"
+        self.assertEqual(await redis.execute("PUBSUB", "NUMSUB", channel), [channel.encode(), 0],
+                         "the old incarnation's subscriptions went with its connection")
+
+    async def _refused_join_leaves_nothing(self):
+        (a,) = await self._start_nodes(1, max_presence_members=1)
+        await a.cluster.join(APP, "presence-full", a.socket(1), ("u1", None))
+        for n in range(2, 6):
+            refused = await a.cluster.join(APP, "presence-full", a.socket(n), (f"u{n}", None))
+            self.assertEqual(refused, MemberLimitReached(1))
+        await a.cluster.leave(APP, "presence-full", a.socket(1), "u1")
+        await self.settle([a])
+        channel = f"{a.cluster._app_keys[APP.id]}:e:presence-full"
+        self.assertEqual(await a.cluster._redis.execute("PUBSUB", "NUMSUB", channel),
+                         [channel.encode(), 0])
+        self.assertNotIn(channel.encode(), a.cluster._subscribed)
+
+    def test_refused_presence_joins_leave_no_subscription_behind(self):
+        """Joins refused at the member limit keep nothing: once the last member leaves, the node
+        no longer receives the channel's traffic."""
+        return ensureDeferred(self._refused_join_leaves_nothing())
+
+    async def _large_node_reaped_in_chunks(self):
+        self.patch(redis_engine, "REAP_BATCH", 7)
+        a, b = await self._start_nodes(2)
+        for n in range(40):
+            await b.cluster.join(APP, f"room-{n % 5}", b.socket(n), None)
+            await b.cluster.join(APP, "presence-big", b.socket(n), (f"u{n}", None))
+            await b.cluster.sign_in(APP, b.socket(n), f"u{n}", ())
+        await a.cluster.join(APP, "presence-big", a.socket(1), ("watcher", None))
+        await a.cluster.sign_in(APP, a.socket(1), "watcher", tuple(f"u{n}" for n in range(40)))
+        await kill(b)
+        await wait_until(lambda: len(a.listener.events_named(protocol.MEMBER_REMOVED)) == 40,
+                         "40 member_removed", NODE_TIMEOUT + 5)
+        await self.settle([a])
+        stats = await a.cluster.occupied_channels(APP.id, "")
+        self.assertEqual(list(stats), ["presence-big"])
+        self.assertEqual(stats["presence-big"].subscription_count, 1)
+        self.assertEqual(sorted(c[1] for c in a.listener.online if not c[2]),
+                         sorted(f"u{n}" for n in range(40)))
+        keys = await a.cluster._redis.execute("KEYS", f"{self.prefix}:n:{b.number}:*")
+        self.assertEqual(keys, [])
+        self.assertEqual(await a.cluster._redis.execute("SMEMBERS", f"{self.prefix}:reaping"), [])
+
+    def test_a_large_dead_node_is_removed_in_bounded_chunks(self):
+        """A dead node's 120 entries are removed a few at a time (Redis is never blocked long), all
+        of them, each once, and nothing of it is left in Redis."""
+        return ensureDeferred(self._large_node_reaped_in_chunks())
+
+    async def _claimed_webhooks_survive_their_node(self):
+        a, b = await self._start_nodes(2)
+        for node in (a, b):
+            node.cluster._claims.stop()  # b alone takes the event, once
+        never = Deferred()
+        b.listener.webhooks_stored = lambda: never  # b takes events but never gets them stored
+        await b.cluster.join(APP, "news", b.socket(1), None)
+        b.cluster.claim_webhooks()
+        await wait_until(lambda: all_webhooks([b], "channel_occupied"), "b to take the event")
+        await kill(b)
+        a.cluster._claims.start(redis_engine.CLAIM_INTERVAL)
+        await wait_until(lambda: all_webhooks([a], "channel_occupied"),
+                         "the occupied event back in the queue", NODE_TIMEOUT + 5)
+        self.assertEqual(all_webhooks([a], "channel_occupied"),
+                         [{"name": "channel_occupied", "channel": "news"}])
+
+    def test_webhook_events_a_dead_node_never_stored_are_sent_by_another(self):
+        """A node that took webhook events and died before writing them to its outbox does not lose
+        them: its removal puts them back, and a surviving node sends them."""
+        return ensureDeferred(self._claimed_webhooks_survive_their_node())
+
+    async def _cut_off_node_moves_its_clients(self):
+        (a,) = await self._start_nodes(1)
+        await self.redis.stop()
+        lost_at = reactor.seconds()
+        await wait_until(lambda: a.listener.lost, "the clients to be moved", NODE_TIMEOUT + 3)
+        self.assertGreaterEqual(reactor.seconds() - lost_at, NODE_TIMEOUT - 0.5)
+        self.assertFalse(a.cluster.ready)
+
+    def test_a_node_cut_off_from_redis_moves_its_clients_after_node_timeout(self):
+        """A node that cannot reach Redis for node_timeout (the others are removing its members by
+        then) asks its clients to reconnect, so that a load balancer can send them elsewhere."""
+        return ensureDeferred(self._cut_off_node_moves_its_clients())
 
     def test_node_declared_dead_joins_again_as_a_new_node(self):
         """A node the others reaped (a pause longer than node_timeout) finds out at its next

@@ -107,6 +107,13 @@ max_connections = -1
         self.assertEqual(len(problems), 1)
         self.assertTrue(problems[0].startswith("FILE: syntax: "), problems)
 
+    def test_app_ids_and_keys_have_no_spaces_or_control_characters(self):
+        """An app id or key with a space or a newline is refused (they go into URLs and Redis keys)."""
+        problems = problems_of('[[apps]]\nid = "a b"\nkey = "k\\n1"\nsecret = "s"\n', self.dir)
+        self.assertEqual(problems, [
+            "FILE: apps[0].id: must not contain spaces or control characters, not 'a b'",
+            "FILE: apps[0].key: must not contain spaces or control characters, not 'k\\n1'"])
+
     def test_booleans_are_not_numbers(self):
         """true where a number is expected is refused, not read as 1."""
         problems = problems_of('[server]\nactivity_timeout = true\n[[apps]]\nid="a"\nkey="b"\nsecret="c"\n',

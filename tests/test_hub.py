@@ -30,6 +30,7 @@ class FakeConnection:
     user_info = None
     watchlist = ()
     authorized = False
+    closing = False
     closed = False
     backlog = None
     connected_at = 0.0
@@ -52,6 +53,7 @@ class FakeConnection:
 
     def close(self, code: int, reason: str) -> None:
         self.close_code = code
+        self.closing = True
 
     def events(self) -> list[str]:
         names, self.received = [frame["event"] for frame in self.received], []

@@ -278,6 +278,25 @@ class OutboxTests(unittest.TestCase):
         self.assertEqual([e["channel"] for e in receiver2.events()], ["a", "b"])
         self.assertEqual(rig2.service.outbox._pending(), [])
 
+    def test_stored_fires_once_emitted_events_are_in_the_outbox(self):
+        """stored() answers only after everything emitted so far is written to the outbox."""
+        writes: list[Deferred] = []
+
+        def run_later(function, *args):
+            written = Deferred()
+            writes.append(written)
+            return written.addCallback(lambda _: function(*args))
+        outbox = Outbox(":memory:", run_later)
+        rig, receiver = make_rig(self, outbox=outbox)
+        while writes:  # the outbox opens, and finds nothing left from before
+            writes.pop(0).callback(None)
+        rig.service.webhooks.emit("app-id", {"name": "channel_occupied", "channel": "x"})
+        stored = rig.service.webhooks.stored()
+        self.assertNoResult(stored)
+        writes.pop(0).callback(None)
+        self.successResultOf(stored)
+        self.assertEqual(len(outbox._pending()), 1)
+
     def test_graceful_stop_sends_pending_removals_to_the_outbox(self):
         """Stopping flushes vacated events still in their grace period into the outbox."""
         path = self.mktemp() + ".sqlite3"

@@ -24,6 +24,7 @@ class IConnection(Interface):
     user_info = Attribute("the signed-in user's user_info, or None")
     watchlist = Attribute("user ids it watches (a tuple)")
     authorized = Attribute("signed in, or subscribed to a channel that needs auth")
+    closing = Attribute("True once a close was started (by either side)")
     closed = Attribute("True once the hub has forgotten the connection")
 
     def send(text: str) -> None:
@@ -39,11 +40,13 @@ class IConnection(Interface):
 class IClusterListener(Interface):
     """What an engine calls back on its node (the hub)."""
 
-    def deliver(app_id: str, channel: str, payload: bytes, except_socket_id: str | None) -> None:
-        """Write one event (its UTF-8 JSON text, framed once here) to this node's subscribers."""
+    def deliver(app_id: str, channel: str, payload, except_socket_id: str | None) -> None:
+        """Write one event (its UTF-8 JSON text as bytes or a memoryview, framed once here) to this
+        node's subscribers."""
 
     def subscription_count_changed(app_id: str, channel: str, count: int, here: bool) -> None:
-        """The cluster-wide subscriber count of a channel changed (``here``: by this node)."""
+        """The cluster-wide subscriber count of a channel changed (``here``: by this node). Engines
+        report other nodes' changes; the node reports its own, from the answers to join and leave."""
 
     def user_online_changed(app_id: str, user_id: str, online: bool) -> None:
         """A user's first connection in the cluster signed in, or its last one closed."""
@@ -56,6 +59,9 @@ class IClusterListener(Interface):
 
     def emit_webhook(app_id: str, event: dict) -> None:
         """Hand one webhook event, decided once for the cluster, to this node's delivery."""
+
+    def webhooks_stored():
+        """Deferred that fires once every event handed over so far is in this node's outbox."""
 
     def state_lost(reason: str) -> None:
         """The engine lost this node's cluster state: every client must reconnect (4200)."""
@@ -126,15 +132,13 @@ class ICluster(IService):
     def connection_closed(app_id: str) -> None:
         """An admitted connection has closed."""
 
-    def connection_count(app_id: str) -> int:
-        """Open connections of the app in the cluster (at most a heartbeat old)."""
-
     def join(app, channel: str, socket_id: str, member: tuple[str, Any] | None):
         """Deferred of Joined or MemberLimitReached. Joining twice is harmless and counted once.
         A new presence member is announced (member_added) to every other subscriber."""
 
-    def leave(app, channel: str, socket_id: str, user_id: str | None) -> None:
-        """The socket left the channel (``user_id``: the member it joined a presence channel as)."""
+    def leave(app, channel: str, socket_id: str, user_id: str | None):
+        """The socket left the channel (``user_id``: the member it joined a presence channel as).
+        Deferred of the subscribers left in the cluster, or None if it was not subscribed."""
 
     def sign_in(app, socket_id: str, user_id: str, watchlist: tuple[str, ...]):
         """Deferred of the set of ``watchlist`` ids online in the cluster."""

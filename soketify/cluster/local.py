@@ -80,9 +80,6 @@ class LocalCluster(service.Service):
     def connection_closed(self, app_id: str) -> None:
         self._connections[app_id] -= 1
 
-    def connection_count(self, app_id: str) -> int:
-        return self._connections.get(app_id, 0)
-
     # -- channels ------------------------------------------------------------------------------
 
     def join(self, app, channel: str, socket_id: str, member: tuple[str, Any] | None):
@@ -118,7 +115,6 @@ class LocalCluster(service.Service):
                 self._lifecycle.member_added(app.id, channel, user_id)
             else:
                 existing[0] += 1
-        self._count_changed(app, channel, len(state.sockets))
         return None
 
     def _cached_or_miss(self, app, channel: str):
@@ -129,11 +125,11 @@ class LocalCluster(service.Service):
             self._listener.emit_webhook(app.id, {"name": "cache_miss", "channel": channel})
         return cached
 
-    def leave(self, app, channel: str, socket_id: str, user_id: str | None = None) -> None:
+    def leave(self, app, channel: str, socket_id: str, user_id: str | None = None):
         channels = self._channels.get(app.id)
         state = channels.get(channel) if channels is not None else None
         if state is None or socket_id not in state.sockets:
-            return
+            return succeed(None)
         user_id = state.sockets.pop(socket_id)
         if user_id is not None:
             member = state.members[user_id]
@@ -147,13 +143,7 @@ class LocalCluster(service.Service):
             del channels[channel]
             self._lifecycle.channel_vacated(app.id, channel)
             self._misses_reported.discard((app.id, channel))
-        self._count_changed(app, channel, len(state.sockets))
-
-    def _count_changed(self, app, channel: str, count: int) -> None:
-        if protocol.is_presence(channel):
-            return
-        if app.subscription_count or self._listener.wants_webhook(app.id, "subscription_count"):
-            self._listener.subscription_count_changed(app.id, channel, count, True)
+        return succeed(len(state.sockets))
 
     # -- users ---------------------------------------------------------------------------------
 

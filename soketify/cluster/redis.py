@@ -20,7 +20,7 @@ import json
 import random
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -37,6 +37,8 @@ log = Logger()
 # Webhook events claimed per round, and how often a node looks for due ones.
 CLAIM_BATCH = 200
 CLAIM_INTERVAL = 0.25
+# Entries of a dead node removed per script call: about 15 ms of Redis time at most.
+REAP_BATCH = 1000
 _EVENT, _COUNT = ord("E"), ord("C")
 
 
@@ -81,7 +83,10 @@ class RedisCluster(service.Service):
         self._number = b""
         self._subscribed: dict[bytes, _LocalChannel] = {}
         self._connections: dict[str, int] = {app.id: 0 for app in apps}
+        # Apps with max_connections report their counts with each heartbeat; others need not.
+        self._counted = [app.id for app in apps if app.max_connections]
         self._elsewhere: dict[str, int] = {}  # connections on other nodes, as of the last heartbeat
+        self._lost_call = None  # moves the clients if Redis stays away for node_timeout
         self._beat_sent_at: float | None = None  # a heartbeat waiting for its answer, since
         self._heartbeat = LoopingCall(self.heartbeat)
         self._heartbeat.clock = reactor
@@ -105,10 +110,16 @@ class RedisCluster(service.Service):
     def draining(self) -> None:
         """From now on the clients' leaving is not sent: this incarnation stops renewing its deadline
         and is reaped by the other nodes once it passes, as if it had died. Members who reconnect
-        through another node before then stay members without a member_removed/member_added pair."""
+        through another node before then stay members without a member_removed/member_added pair.
+        Its connections stop counting at once (they are moving), and it takes no more webhooks."""
         self._draining = True
-        if self._heartbeat.running:
-            self._heartbeat.stop()
+        for loop in (self._heartbeat, self._claims):
+            if loop.running:
+                loop.stop()
+        if self._redis is not None and self._counted:
+            self._run(self._redis, scripts.HEARTBEAT, self._timeout_ms,
+                      *[value for app_id in self._counted for value in (self._app_keys[app_id], 0)]
+                      ).addErrback(self._log_failure, "last heartbeat")
 
     def stopService(self) -> Deferred:
         """Close the connection. Without draining first, what this node held is removed at once."""
@@ -120,13 +131,15 @@ class RedisCluster(service.Service):
         self.ready = False
         leaving = succeed(None)
         if redis is not None and not self._draining:
-            leaving = self._run(redis, scripts.REAP, str(self.node_number), self._grace_ms, 1)
+            leaving = self._reap(redis, str(self.node_number), force=True)
             leaving.addErrback(lambda f: log.warn("Could not remove this node from Redis: {why}",
                                                   why=f.getErrorMessage()))
         return leaving.addBoth(lambda _: self._client.stopService())
 
     def _connected(self, redis) -> Deferred:
         """A new connection: register a new incarnation, then (if we had one) move our clients."""
+        if self._lost_call is not None and self._lost_call.active():
+            self._lost_call.cancel()
         registered = self._register(redis)
         registered.addCallback(self._registered, redis)
         return registered
@@ -144,30 +157,34 @@ class RedisCluster(service.Service):
         self._number = str(number).encode()
         self._socket_prefix = f"{number}."
         self._subscribed.clear()
-        self._elsewhere.clear()
         self._redis = redis
         redis.execute("SUBSCRIBE", self._control).addErrback(self._log_failure, "subscribe")
         self.ready = True
         log.info("Joined the cluster as node {number}", number=number)
         if previous is not None:
+            # The old incarnation's connections are moving (4200): they no longer count.
+            redis.send("DEL", f"{self._prefix}:n:{previous}:conns")
             self._listener.state_lost("Server reconnected to its cluster")
+        self.heartbeat()  # learn the other nodes' connections now, not a second later
 
     def _lost(self, reason) -> None:
         self._redis = None
         self.ready = False
         self._beat_sent_at = None
+        if self.running and self.node_number is not None:
+            # Back within node_timeout: the clients move then. Not back: the other nodes are
+            # removing them from the cluster anyway, so they had better reconnect elsewhere now.
+            self._lost_call = self._reactor.callLater(
+                self._timeout_ms / 1000, self._listener.state_lost, "Server lost its cluster")
 
     def _declared_dead(self) -> None:
-        """Redis no longer knows this incarnation (Redis restarted empty, or we were reaped)."""
+        """Redis no longer knows this incarnation (Redis restarted empty, or we were reaped): start
+        over on a new connection, exactly as after a lost one."""
         redis = self._redis
-        if redis is None:
-            return
-        log.warn("Redis no longer knows node {number}; joining again as a new node",
-                 number=self.node_number)
-        self._redis = None
-        self.ready = False
-        self._register(redis).addCallback(self._registered, redis).addErrback(
-            self._log_failure, "register again")
+        if redis is not None:
+            log.warn("Redis no longer knows node {number}; joining again as a new node",
+                     number=self.node_number)
+            redis.transport.abortConnection()
 
     def _app_flags(self, app) -> str:
         """What this app wants the scripts to announce (see redis_scripts)."""
@@ -184,7 +201,7 @@ class RedisCluster(service.Service):
     def heartbeat(self) -> Deferred:
         """Renew this node's deadline, report its connections, reap nodes past their deadline."""
         redis = self._redis
-        if redis is None:
+        if redis is None or self._draining:
             return succeed(None)
         now = self._reactor.seconds()
         if self._beat_sent_at is not None:
@@ -195,11 +212,11 @@ class RedisCluster(service.Service):
                 redis.transport.abortConnection()
             return succeed(None)
         self._beat_sent_at = now
-        counts = [value for app_id, count in self._connections.items()
-                  for value in (self._app_keys[app_id], count)]
+        sent = {app_id: self._connections[app_id] for app_id in self._counted}
+        counts = [value for app_id, count in sent.items() for value in (self._app_keys[app_id], count)]
         beat = self._run(redis, scripts.HEARTBEAT, self._timeout_ms, *counts)
         beat.addBoth(self._answered)
-        beat.addCallback(self._beaten, redis)
+        beat.addCallback(self._beaten, redis, sent)
         beat.addErrback(self._log_failure, "heartbeat")
         return beat
 
@@ -207,18 +224,27 @@ class RedisCluster(service.Service):
         self._beat_sent_at = None
         return result
 
-    def _beaten(self, reply, redis) -> Deferred | None:
+    def _beaten(self, reply, redis, sent: dict[str, int]) -> Deferred | None:
         if reply[0] == 0:
             self._declared_dead()
             return None
         _, totals, dead = reply
-        for app_id, total in zip(self._connections, totals):
-            self._elsewhere[app_id] = max(0, total - self._connections[app_id])
-        reaped = [self._run(redis, scripts.REAP, node.decode(), self._grace_ms, 0) for node in dead]
-        for node, reaping in zip(dead, reaped):
-            reaping.addCallback(lambda done, node=node: done and log.info(
-                "Node {node} stopped answering; removed what it held", node=node.decode()))
-        return reaped[-1] if reaped else None
+        for (app_id, count), total in zip(sent.items(), totals):
+            self._elsewhere[app_id] = max(0, total - count)
+        reaped = [self._reap(redis, node.decode()) for node in set(dead)]
+        return gatherResults(reaped) if reaped else None
+
+    def _reap(self, redis, node: str, force: bool = False) -> Deferred:
+        """Remove what a dead node held, a bounded chunk per call (other commands run between)."""
+        def chunk(done):
+            if done == 2:
+                return self._run(redis, scripts.REAP, node, self._grace_ms, 0, REAP_BATCH
+                                 ).addCallback(chunk)
+            if done == 1 and not force:
+                log.info("Node {node} stopped answering; removed what it held", node=node)
+            return done
+        first = self._run(redis, scripts.REAP, node, self._grace_ms, 1 if force else 0, REAP_BATCH)
+        return first.addCallback(chunk)
 
     def claim_webhooks(self) -> Deferred:
         """Take due webhook events from Redis (each goes to exactly one node) and send them."""
@@ -230,10 +256,17 @@ class RedisCluster(service.Service):
         claimed.addErrback(self._log_failure, "claim webhook events")
         return claimed
 
-    def _emit_claimed(self, events) -> None:
-        for entry in events:
+    def _emit_claimed(self, claimed) -> Deferred | None:
+        if not claimed:
+            return None
+        keys = claimed[0::2]
+        for entry in claimed[1::2]:
             app_id, _, event = entry.decode().partition("\n")
             self._listener.emit_webhook(app_id, json.loads(event))
+        # Confirmed once in the outbox: a node that dies before that gives them back to the queue.
+        stored = self._listener.webhooks_stored()
+        return stored.addCallback(lambda _: self._redis and self._redis.send(
+            "HDEL", f"{self._prefix}:n:{self.node_number}:wh", *keys))
 
     def sync(self) -> Deferred:
         """Fires once a heartbeat, a webhook claim and every push sent to this node so far are done."""
@@ -257,12 +290,14 @@ class RedisCluster(service.Service):
             if kind == _EVENT:
                 end = payload.index(b"\n")
                 except_socket_id = payload[1:end].decode() if end > 1 else None
-                self._listener.deliver(channel.app_id, channel.name, payload[end + 1:],
+                self._listener.deliver(channel.app_id, channel.name, memoryview(payload)[end + 1:],
                                        except_socket_id)
             elif kind == _COUNT:
                 count, _, origin = payload[1:].partition(b"\n")
-                self._listener.subscription_count_changed(
-                    channel.app_id, channel.name, int(count), origin == self._number)
+                # A change made here is reported from its answer, after the subscriber is told.
+                if origin != self._number:
+                    self._listener.subscription_count_changed(
+                        channel.app_id, channel.name, int(count), False)
         elif push[1] == self._control:
             self._on_control(payload.decode())
 
@@ -286,9 +321,6 @@ class RedisCluster(service.Service):
 
     def connection_closed(self, app_id: str) -> None:
         self._connections[app_id] -= 1
-
-    def connection_count(self, app_id: str) -> int:
-        return self._connections.get(app_id, 0) + self._elsewhere.get(app_id, 0)
 
     # -- channels ------------------------------------------------------------------------------
 
@@ -318,11 +350,13 @@ class RedisCluster(service.Service):
                            json.dumps(user_info, separators=(",", ":"), ensure_ascii=False),
                            self._limits.max_presence_members, added,
                            1 if protocol.is_cache(channel) else 0)
-        return joined.addCallbacks(self._joined, self._not_joined, (channel,), None,
+        return joined.addCallbacks(self._joined, self._not_joined, (app, channel, socket_id), None,
                                    (app, channel, socket_id))
 
-    def _joined(self, reply, channel: str) -> Joined | MemberLimitReached:
+    def _joined(self, reply, app, channel: str, socket_id: str) -> Joined | MemberLimitReached:
         status = reply[0]
+        if status < 0:
+            self._forget_socket(app.id, channel, socket_id)
         if status == -1:
             self._declared_dead()
             raise ClusterUnavailable()
@@ -354,14 +388,15 @@ class RedisCluster(service.Service):
         if local.unsubscribing and self._subscribed.get(key) is local:  # nobody joined meanwhile
             del self._subscribed[key]
 
-    def leave(self, app, channel: str, socket_id: str, user_id: str | None = None) -> None:
+    def leave(self, app, channel: str, socket_id: str, user_id: str | None = None) -> Deferred:
         redis = self._redis
         if redis is None or not self._mine(socket_id) or self._draining:
-            return
-        self._run(redis, scripts.LEAVE, self._app_keys[app.id], channel, socket_id,
-                  self._grace_ms).addErrback(self._log_failure, "leave")
-        # After the leave, on the same connection: this node still hears the count it caused.
+            return succeed(None)
+        left = self._run(redis, scripts.LEAVE, self._app_keys[app.id], channel, socket_id,
+                         self._grace_ms)
         self._forget_socket(app.id, channel, socket_id)
+        left.addCallback(lambda count: None if count < 0 else count)
+        return left.addErrback(self._log_failure, "leave")
 
     # -- users ---------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """A small Redis client: RESP3 on one connection, parsed by hiredis.
 
-Command replies and pub/sub pushes come over the same connection, so their owner sees them in exactly the
-order Redis executed them (a Lua script that PUBLISHes delivers its push before its own reply).
+Command replies and pub/sub pushes come over the same connection, so their owner sees pushes caused by
+other connections in the order Redis executed them relative to its own replies. (A push caused by the
+connection's own command comes just before its reply up to Redis 7.0, just after it from 7.2 and in
+Valkey.)
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ mistaken for another; C is a channel name, which never holds ``:``):
 - ``P:n:<node>:subs``    hash: "AK\\nC\\nsocket" -> user: what a node holds, for its clean-up.
 - ``P:n:<node>:users``   hash: "AK\\nsocket" -> user, its signed-in connections.
 - ``P:n:<node>:conns``   hash: AK -> open connections (written by the heartbeat).
+- ``P:n:<node>:wh``      webhook events the node took and has not yet written to its outbox.
+- ``P:n:<node>:reaping`` while a dead node's holdings are being removed: when its webhooks are due.
+- ``P:reaping``          set of nodes whose removal is under way (removed in bounded chunks, so
+                         a large node never blocks Redis for long).
 - ``P:wh:due`` / ``P:wh:ev``  webhook events to send: key -> due time / "app id\\nJSON". Removals
                          wait under a key naming what they remove, so a return within the grace
                          deletes them (and its own arrival is not announced either).
@@ -23,8 +27,10 @@ mistaken for another; C is a channel name, which never holds ``:``):
 Pub/sub: ``AK:e:C`` carries "E<except socket>\\n<frame text>" (an event for the channel's
 subscribers) and "C<count>\\n<origin node>" (a new subscriber count); ``P:ctl`` carries
 "U1\\n<app>\\n<user>" / "U0..." (online / offline) and "T\\n<app>\\n<user>" (terminate).
-Events are PUBLISHed inside the script that changes the state, so every node sees pushes and
-replies in the one order Redis executed them.
+Events are PUBLISHed inside the script that changes the state: pushes caused by other nodes reach a
+node in the order Redis executed them relative to its own replies. (Its own pushes may come just
+before or just after the reply, depending on the Redis version; nothing here depends on which.)
+Needs Redis 6.2 or newer (RESP3, HRANDFIELD) or Valkey.
 """
 
 from __future__ import annotations
@@ -47,11 +53,16 @@ local function alive(node) return redis.call('ZSCORE', NODES, node) end
 
 local function is_presence(channel) return string.sub(channel, 1, 9) == 'presence-' end
 
+local app_infos = {}
 local function app_info(ak)
-  local info = redis.call('HGET', P .. ':apps', ak)
-  if not info then return '', '' end
-  local nl = string.find(info, '\n', 1, true)
-  return string.sub(info, 1, nl - 1), string.sub(info, nl + 1)
+  local known = app_infos[ak]
+  if not known then
+    local info = redis.call('HGET', P .. ':apps', ak) or '\n'
+    local nl = string.find(info, '\n', 1, true)
+    known = {string.sub(info, 1, nl - 1), string.sub(info, nl + 1)}
+    app_infos[ak] = known
+  end
+  return known[1], known[2]
 end
 
 local function wants(flags, flag) return string.find(flags, flag, 1, true) ~= nil end
@@ -85,7 +96,9 @@ local function member_removed_text(channel, user)
     ',"data":' .. cjson.encode('{"user_id":' .. cjson.encode(user) .. '}') .. '}'
 end
 
-local function count_changed(ak, channel, flags, origin)
+-- the other nodes hear a channel's new subscriber count (the origin node has it in its answer)
+local function count_changed(ak, channel, origin)
+  local flags = app_info(ak)
   if wants(flags, 'c') and not is_presence(channel) then
     local count = redis.call('HLEN', ak .. ':ch:' .. channel)
     redis.call('PUBLISH', ak .. ':e:' .. channel, 'C' .. count .. '\n' .. origin)
@@ -93,7 +106,7 @@ local function count_changed(ak, channel, flags, origin)
 end
 
 -- after a socket's subscription was removed from AK:ch:C: member gone? channel vacated?
-local function left(ak, channel, user, due, origin)
+local function left(ak, channel, user, due)
   local flags, app_id = app_info(ak)
   if user ~= '' then
     local mc = ak .. ':mc:' .. channel
@@ -114,7 +127,6 @@ local function left(ak, channel, user, due, origin)
       queue('v\n' .. ak .. '\n' .. channel, due, app_id, {name = 'channel_vacated', channel = channel})
     end
   end
-  count_changed(ak, channel, flags, origin)
 end
 
 local function signed_out(ak, user)
@@ -134,7 +146,8 @@ def _script(body: str) -> Script:
 
 # ARGV: P, N, timeout ms, then (AK, "<flags>\n<app id>") pairs. 1 if registered, 0 if the id is taken.
 REGISTER = _script(r"""
-if alive(N) or redis.call('EXISTS', node_key(N, 'subs'), node_key(N, 'users'), node_key(N, 'conns')) > 0 then
+if alive(N) or redis.call('EXISTS', node_key(N, 'subs'), node_key(N, 'users'), node_key(N, 'conns'),
+                          node_key(N, 'wh'), node_key(N, 'reaping')) > 0 then
   return 0
 end
 redis.call('ZADD', NODES, now_ms() + tonumber(ARGV[3]), N)
@@ -144,7 +157,7 @@ return 1
 
 # ARGV: P, N, timeout ms, then (AK, open connections here) pairs.
 # {0} if this node is not registered (declared dead, or Redis lost its state), else
-# {1, {cluster-wide connections per AK given}, {dead nodes}}.
+# {1, {cluster-wide connections per AK given}, {dead nodes, and nodes whose removal is under way}}.
 HEARTBEAT = _script(r"""
 local now = now_ms()
 if not alive(N) then return {0} end
@@ -161,32 +174,57 @@ for i = 4, #ARGV, 2 do
   end
   totals[#totals + 1] = total
 end
-return {1, totals, redis.call('ZRANGEBYSCORE', NODES, '-inf', '(' .. now)}
+local dead = redis.call('ZRANGEBYSCORE', NODES, '-inf', '(' .. now)
+for _, node in ipairs(redis.call('SMEMBERS', P .. ':reaping')) do dead[#dead + 1] = node end
+return {1, totals, dead}
 """)
 
-# ARGV: P, N, dead node, grace ms, force ("1": a node leaving, dead or not).
-# Removes everything the node held, as if each of its connections had closed: member_removed to the
+# ARGV: P, N, dead node, grace ms, force ("1": a node leaving, dead or not), most entries to take.
+# Removes what the node held, as if each of its connections had closed: member_removed to the
 # members, offline to the watchers; webhooks wait for the grace counted from the node's deadline.
-# 1 if this call did the clean-up (exactly one caller does), else 0.
+# At most `limit` entries per call, so that Redis is never blocked for long: 0 if the node is
+# alive (or already gone), 2 if more is left (call again; any node may), 1 once all is removed.
+# Each entry is removed exactly once, whichever nodes call.
 REAP = _script(r"""
-local dead, grace, force = ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
+local dead, grace, force, limit = ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1', tonumber(ARGV[6])
 local now = now_ms()
-local deadline = tonumber(alive(dead) or now)
-if not force and (not alive(dead) or deadline > now) then return 0 end
-redis.call('ZREM', NODES, dead)
-local due = math.max(now, deadline + grace)
-local subs = node_key(dead, 'subs')
-local held = redis.call('HGETALL', subs)
+local marker = node_key(dead, 'reaping')
+local due = redis.call('GET', marker)
+if not due then
+  local deadline = alive(dead)
+  if not force and (not deadline or tonumber(deadline) > now) then return 0 end
+  due = (force or not deadline) and now + grace or math.max(now, tonumber(deadline) + grace)
+  redis.call('ZREM', NODES, dead)
+  redis.call('SET', marker, due)
+  redis.call('SADD', P .. ':reaping', dead)
+end
+due = tonumber(due)
+local subs, users = node_key(dead, 'subs'), node_key(dead, 'users')
+local touched = {}
+local held = redis.call('HRANDFIELD', subs, limit, 'WITHVALUES')
 for i = 1, #held, 2 do
   local where = split(held[i])
+  redis.call('HDEL', subs, held[i])
   if redis.call('HDEL', where[1] .. ':ch:' .. where[2], where[3]) == 1 then
-    left(where[1], where[2], held[i + 1], due, '')
+    left(where[1], where[2], held[i + 1], due)
+    touched[where[1] .. '\n' .. where[2]] = where
   end
 end
-local users = node_key(dead, 'users')
-local signed = redis.call('HGETALL', users)
-for i = 1, #signed, 2 do signed_out(split(signed[i])[1], signed[i + 1]) end
-redis.call('DEL', subs, users, node_key(dead, 'conns'))
+for _, where in pairs(touched) do count_changed(where[1], where[2], '') end
+local signed = redis.call('HRANDFIELD', users, math.max(1, limit - math.floor(#held / 2)), 'WITHVALUES')
+for i = 1, #signed, 2 do
+  redis.call('HDEL', users, signed[i])
+  signed_out(split(signed[i])[1], signed[i + 1])
+end
+if redis.call('EXISTS', subs, users) > 0 then return 2 end
+-- webhook events it took and never confirmed go back in the queue
+local taken = redis.call('HGETALL', node_key(dead, 'wh'))
+for i = 1, #taken, 2 do
+  redis.call('ZADD', DUE, now, taken[i])
+  redis.call('HSET', EV, taken[i], taken[i + 1])
+end
+redis.call('DEL', node_key(dead, 'conns'), node_key(dead, 'wh'), marker)
+redis.call('SREM', P .. ':reaping', dead)
 return 1
 """)
 
@@ -221,7 +259,7 @@ if redis.call('HEXISTS', subscribers, socket) == 0 then
       queue_now(app_id, {name = 'member_added', channel = channel, user_id = user})
     end
   end
-  count_changed(ak, channel, flags, N)
+  count_changed(ak, channel, N)
 end
 local reply = {new, redis.call('HLEN', subscribers), ''}
 if ARGV[10] == '1' then
@@ -239,16 +277,18 @@ end
 return reply
 """)
 
-# ARGV: P, N, AK, C, socket, grace ms. 1 if the socket was subscribed.
+# ARGV: P, N, AK, C, socket, grace ms. The channel's subscribers left in the cluster, or -1 if the
+# socket was not subscribed.
 LEAVE = _script(r"""
 local ak, channel, socket = ARGV[3], ARGV[4], ARGV[5]
 local subscribers = ak .. ':ch:' .. channel
 local user = redis.call('HGET', subscribers, socket)
-if not user then return 0 end
+if not user then return -1 end
 redis.call('HDEL', subscribers, socket)
 redis.call('HDEL', node_key(N, 'subs'), ak .. '\n' .. channel .. '\n' .. socket)
-left(ak, channel, user, now_ms() + tonumber(ARGV[6]), N)
-return 1
+left(ak, channel, user, now_ms() + tonumber(ARGV[6]))
+count_changed(ak, channel, N)
+return redis.call('HLEN', subscribers)
 """)
 
 # ARGV: P, N, AK, app id, socket, user, watched ids...
@@ -315,17 +355,22 @@ local key = ARGV[3] .. ':cache:' .. ARGV[4]
 return {redis.call('GET', key) or '', redis.call('PTTL', key)}
 """)
 
-# ARGV: P, N, most events to take -> {app id\nJSON, ...}: due webhook events, each handed to
-# exactly one node.
+# ARGV: P, N, most events to take -> {key, app id\nJSON, ...}: due webhook events, each handed to
+# exactly one node. They wait in the node's own hash until it confirms them (HDEL, once they are in
+# its outbox); if the node dies first, its removal puts them back in the queue.
 CLAIM = _script(r"""
 if not alive(N) then return {} end
 local keys = redis.call('ZRANGEBYSCORE', DUE, '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[3]))
-local reply = {}
+local taken, reply = node_key(N, 'wh'), {}
 for _, key in ipairs(keys) do
   redis.call('ZREM', DUE, key)
   local event = redis.call('HGET', EV, key)
   redis.call('HDEL', EV, key)
-  if event then reply[#reply + 1] = event end
+  if event then
+    redis.call('HSET', taken, key, event)
+    reply[#reply + 1] = key
+    reply[#reply + 1] = event
+  end
 end
 return reply
 """)
