@@ -14,7 +14,10 @@ STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 
 
 def redis_server_path() -> str | None:
-    """Where redis-server is, or None when it is not installed."""
+    """Where redis-server is, or None when it is not installed. SOKETIFY_REDIS_SERVER names another
+    server binary to test against (a newer Redis, valkey-server)."""
+    if os.environ.get("SOKETIFY_REDIS_SERVER"):
+        return os.environ["SOKETIFY_REDIS_SERVER"]
     return shutil.which("redis-server") or next(
         (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(p, os.X_OK)), None)
 
