@@ -513,3 +513,32 @@ class HandshakeRefusalTests(unittest.TestCase):
         self.assertGreaterEqual(elapsed, 0.69)  # three retries after 0.1, 0.2, 0.4 s (+ jitter)
         self.assertEqual(owner.connected.pending, [])
         self.assertEqual(owner.lost.pending, [])
+
+
+class SilentServer(protocol.Protocol):
+    """A server that accepts connections and never answers."""
+
+    def connectionMade(self):
+        self.factory.connections += 1
+
+
+class HandshakeTimeoutTests(unittest.TestCase):
+    timeout = 30
+
+    async def test_a_server_that_never_answers_is_given_up_and_retried(self):
+        """A connection whose handshake gets no answer is closed after the timeout and tried again."""
+        from soketify.cluster import redis_client
+        self.patch(redis_client, "HANDSHAKE_TIMEOUT", 0.2)
+        factory = protocol.Factory.forProtocol(SilentServer)
+        factory.connections = 0
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        owner = Owner()
+        client = owner.client(f"redis://127.0.0.1:{port.getHost().port}")
+        client.startService()
+        started = reactor.seconds()
+        while factory.connections < 3:
+            await task.deferLater(reactor, 0.02, lambda: None)
+            self.assertLess(reactor.seconds() - started, WAIT)
+        await within(client.stopService())
+        self.assertEqual(owner.connected.pending, [])

@@ -257,6 +257,15 @@ class _ClientFactory(protocol.Factory):
         self.client = client
 
 
+HANDSHAKE_TIMEOUT = 10.0  # seconds for HELLO, AUTH, SELECT, SCRIPT LOAD and on_connected
+
+
+def _cancelling(result, call):
+    if call.active():
+        call.cancel()
+    return result
+
+
 _backoff = backoffPolicy(initialDelay=0.05, factor=2.0, maxDelay=2.0, jitter=lambda: random.uniform(0, 0.05))
 
 
@@ -265,6 +274,7 @@ class RedisClient(Service):
 
     def __init__(self, reactor, address: RedisAddress, on_connected, on_push, on_lost, scripts=()):
         self.protocol = None  # the connected protocol, set once ready and just before on_connected
+        self._reactor = reactor
         self._address = address
         self._on_connected = on_connected
         self._on_push = on_push
@@ -292,7 +302,10 @@ class RedisClient(Service):
     def _handshake(self, protocol):
         protocol.on_push = self._on_push
         protocol.on_lost = lambda reason: self._lost(protocol, reason)
+        # A server that accepts the connection and then says nothing is given up on, and retried.
+        stalled = self._reactor.callLater(HANDSHAKE_TIMEOUT, protocol.transport.abortConnection)
         d = defer.ensureDeferred(self._prepare(protocol))
+        d.addBoth(_cancelling, stalled)
         d.addErrback(self._refused, protocol)
 
     async def _prepare(self, protocol):
