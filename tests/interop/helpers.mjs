@@ -398,13 +398,7 @@ export class Daemon {
   /** GET /ready: {status, json}. */
   async ready() {
     const res = await fetch(`${this.baseUrl}/ready`, { signal: AbortSignal.timeout(2000) });
-    const text = await res.text();
-    let json;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
+    const { json } = await readBody(res);
     return { status: res.status, json };
   }
 
@@ -553,14 +547,18 @@ export async function signedRequest(
     headers: bodyText.length > 0 ? { 'content-type': 'application/json' } : {},
     signal: AbortSignal.timeout(5000),
   });
-  const text = await res.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
+  const { text, json } = await readBody(res);
   return { status: res.status, text, json, headers: res.headers };
+}
+
+/** A fetch response's body as text, and as JSON when it parses (else undefined). */
+export async function readBody(res) {
+  const text = await res.text();
+  try {
+    return { text, json: JSON.parse(text) };
+  } catch {
+    return { text, json: undefined };
+  }
 }
 
 /** Await a Node SDK call expected to fail; returns the RequestError (status, body). */
