@@ -35,6 +35,8 @@ import {
   uniqueName,
   watchPusherJs,
   withTimeout,
+  signInPusherJs,
+  userInbox,
 } from './helpers.mjs';
 import { WebhookReceiver, webhookProblems } from './webhook_helpers.mjs';
 
@@ -147,24 +149,9 @@ describe('a cluster of three nodes on one Redis, with clients spread over the no
    */
   async function signedIn(node, userData) {
     const c = await client(node, sdkAuthOptions(sdk.get(node), { userData: () => userData }));
-    const watch = watchPusherJs(c);
-    const watchlist = new Inbox(`watchlist of ${userData.id}`);
-    c.user.watchlist.bind('online', (e) => watchlist.push({ name: 'online', user_ids: e.user_ids }));
-    c.user.watchlist.bind('offline', (e) => watchlist.push({ name: 'offline', user_ids: e.user_ids }));
-    c.signin();
-    await watch.messages.waitFor((m) => m.event === 'pusher:signin_success', { what: `signin_success for ${userData.id}` });
-    await watch.messages.waitFor(
-      (m) => m.event === 'pusher_internal:subscription_succeeded' && m.channel === `#server-to-user-${userData.id}`,
-      { what: `#server-to-user-${userData.id} subscribed` },
-    );
-    return { c, watch, watchlist };
+    return { c, ...(await signInPusherJs(c, userData.id)) };
   }
 
-  function userInbox(c, event) {
-    const inbox = new Inbox(`user event ${event}`);
-    c.user.bind(event, (data) => inbox.push(data));
-    return inbox;
-  }
 
   async function getJson(node, path, params) {
     const res = await sdk.get(node).get({ path, params });

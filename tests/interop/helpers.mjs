@@ -1085,3 +1085,31 @@ export class TcpForwarder {
     await new Promise((resolve) => this.server.close(() => resolve()));
   }
 }
+
+// ---------------------------------------------------------------- pusher-js users
+
+/**
+ * pusher.signin() on a client whose userAuthentication answers for `userId`; resolves once
+ * pusher:signin_success came and #server-to-user-{id} is subscribed, with
+ * {watch (see watchPusherJs), watchlist (Inbox of {name, user_ids} watchlist events)}.
+ */
+export async function signInPusherJs(c, userId) {
+  const watch = watchPusherJs(c);
+  const watchlist = new Inbox(`watchlist of ${userId}`);
+  c.user.watchlist.bind('online', (e) => watchlist.push({ name: 'online', user_ids: e.user_ids }));
+  c.user.watchlist.bind('offline', (e) => watchlist.push({ name: 'offline', user_ids: e.user_ids }));
+  c.signin();
+  await watch.messages.waitFor((m) => m.event === 'pusher:signin_success', { what: `signin_success for ${userId}` });
+  await watch.messages.waitFor(
+    (m) => m.event === 'pusher_internal:subscription_succeeded' && m.channel === `#server-to-user-${userId}`,
+    { what: `#server-to-user-${userId} subscribed` },
+  );
+  return { watch, watchlist };
+}
+
+/** Record `event` delivered through pusher.user.bind. */
+export function userInbox(c, event) {
+  const inbox = new Inbox(`user event ${event}`);
+  c.user.bind(event, (data) => inbox.push(data));
+  return inbox;
+}

@@ -20,6 +20,8 @@ import {
   sdkAuthOptions,
   uniqueName,
   watchPusherJs,
+  signInPusherJs,
+  userInbox,
 } from './helpers.mjs';
 
 const AUTHZ_APP = Object.freeze({ id: '100021', key: 'authz-key', secret: 'authz-secret' });
@@ -51,25 +53,9 @@ describe('users: sign-in, server-to-user, termination, watchlist, authorized con
    */
   async function signedIn(userData, { key = APP.key, sdk = node } = {}) {
     const c = await client({ key, ...sdkAuthOptions(sdk, { userData: () => userData }) });
-    const watch = watchPusherJs(c);
-    const watchlist = new Inbox(`watchlist of ${userData.id}`);
-    c.user.watchlist.bind('online', (e) => watchlist.push(e));
-    c.user.watchlist.bind('offline', (e) => watchlist.push(e));
-    c.signin();
-    await watch.messages.waitFor((m) => m.event === 'pusher:signin_success', { what: `signin_success for ${userData.id}` });
-    await watch.messages.waitFor(
-      (m) => m.event === 'pusher_internal:subscription_succeeded' && m.channel === `#server-to-user-${userData.id}`,
-      { what: `#server-to-user-${userData.id} subscribed` },
-    );
-    return { c, watch, watchlist };
+    return { c, ...(await signInPusherJs(c, userData.id)) };
   }
 
-  /** Record `event` delivered through pusher.user.bind. */
-  function userInbox(c, event) {
-    const inbox = new Inbox(`user event ${event}`);
-    c.user.bind(event, (data) => inbox.push(data));
-    return inbox;
-  }
 
   /** pusher-js was closed with 4009 and gave up: error 4009 seen, state disconnected. */
   async function assertRefused4009(watch, c) {
