@@ -20,6 +20,8 @@ ports, and drives them with bench/loadgen.mjs:
   peer      two Soketify nodes against two Soketi 1.6.1 nodes with its Redis adapter (each pair on
             its own redis-server; Soketi from ../shared/peers/setup-soketi.sh): the cross-node
             fan-out above, and the presence joins over the two nodes.
+  single    one Soketify node (local engine) against one Soketi node: connection cost, paced and
+            saturated fan-out (not in the default phases; --phases single).
 
 Prints a Markdown table; writes JSON to bench/results/cluster-<time>.json.
 """
@@ -81,18 +83,19 @@ START_SOKETI = os.path.join(run.ROOT, "..", "shared", "peers", "start-soketi.sh"
 class SoketiNode(Server):
     """Soketi 1.6.1 with its Redis adapter (../shared/peers), driven like a Soketify node."""
 
-    def __init__(self, name, logdir, redis):
+    def __init__(self, name, logdir, redis=None):
         super().__init__(name, logdir)
-        self.redis = redis
+        self.redis = redis  # None: one node with Soketi's local (in-memory) adapter
 
     def _configure(self):
         self.ws_port = self.http_port = free_port()
         self.cmd = ["bash", START_SOKETI, str(self.ws_port)]
         self.env = dict(os.environ, SOKETI_METRICS_SERVER_PORT=str(free_port()),
-                        SOKETI_ADAPTER_DRIVER="redis", SOKETI_DB_REDIS_HOST="127.0.0.1",
-                        SOKETI_DB_REDIS_PORT=str(self.redis.port), SOKETI_PRESENCE_MAX_MEMBERS="5000",
-                        SOKETI_DEFAULT_APP_ID=run.APP_ID, SOKETI_DEFAULT_APP_KEY=APP_KEY,
-                        SOKETI_DEFAULT_APP_SECRET=APP_SECRET)
+                        SOKETI_PRESENCE_MAX_MEMBERS="5000", SOKETI_DEFAULT_APP_ID=run.APP_ID,
+                        SOKETI_DEFAULT_APP_KEY=APP_KEY, SOKETI_DEFAULT_APP_SECRET=APP_SECRET)
+        if self.redis is not None:
+            self.env.update(SOKETI_ADAPTER_DRIVER="redis", SOKETI_DB_REDIS_HOST="127.0.0.1",
+                            SOKETI_DB_REDIS_PORT=str(self.redis.port))
         self.target = {"kind": "pusher", "port": self.ws_port, "app_id": run.APP_ID, "key": APP_KEY,
                        "secret": APP_SECRET}
         self.url = f"ws://127.0.0.1:{self.ws_port}/app/{APP_KEY}{run.WS_QUERY}"
@@ -243,6 +246,34 @@ async def phase_peer(logdir, redis, subs, pub):
     return out
 
 
+async def phase_single(logdir, redis, subs, pub):
+    """One Soketify node (local engine) against one Soketi node, same load, back to back."""
+    if not os.path.exists(os.path.join(PEERS, "soketi", "node_modules")):
+        log("  single: Soketi is not set up (run ../shared/peers/setup-soketi.sh); skipped")
+        return None
+    servers = {"soketify": node("soketify", logdir), "soketi": SoketiNode("soketi", logdir)}
+    out = {name: [] for name in servers}
+    try:
+        for server in servers.values():
+            server.start()
+        await warm(list(servers.values()), subs, pub)
+        for _ in range(PROFILE["repeats"]):
+            for name, server in servers.items():
+                connect = await connect_cost(server, subs)
+                paced = await fanout([server], server, subs, pub, PROFILE["paced_events"],
+                                     rate=PROFILE["paced_rate"])
+                saturated = await fanout([server], server, subs, pub, PROFILE["fanout_events"])
+                log(f"  single {name}: {connect['cpu_us_per_conn']:.0f} us/conn, "
+                    f"{connect['kb_per_conn']:.2f} KB/conn, paced p99 {paced['p99_ms']:.1f} ms "
+                    f"{paced['cpu_us_per_delivery']:.1f} us/delivery, saturated "
+                    f"{saturated['deliveries_per_s']:.0f}/s")
+                out[name].append({"connect": connect, "paced": paced, "saturated": saturated})
+    finally:
+        for server in servers.values():
+            server.cleanup()
+    return out
+
+
 async def phase_presence(logdir, redis, subs, pub):
     nodes = [node(f"node-{i}", logdir, redis, "presence") for i in range(3)]
     try:
@@ -358,6 +389,19 @@ def report(results):
         problems = {name: sum(r[m]["lost"] + r[m]["dup"] for r in peer[name] for m in ("paced", "saturated"))
                     for name in ("soketify", "soketi")}
         lines.append(f"| lost + duplicated deliveries | {problems['soketify']} | {problems['soketi']} | |")
+    single = results.get("single")
+    if single:
+        lines += ["", "| one node, 1,000 subscribers | Soketify | Soketi 1.6.1 | ratio |", "|---|---:|---:|---:|"]
+        for label, mode, key, pick in (
+                ("connect 5,000: server CPU per connection (us)", "connect", "cpu_us_per_conn", min),
+                ("connect 5,000: memory per idle connection (KB)", "connect", "kb_per_conn", min),
+                ("paced 20 events/s: latency p50 (ms)", "paced", "p50_ms", min),
+                ("paced 20 events/s: latency p99 (ms)", "paced", "p99_ms", min),
+                ("paced: server CPU per delivery (us)", "paced", "cpu_us_per_delivery", min),
+                ("saturated: deliveries/s", "saturated", "deliveries_per_s", max)):
+            ours = pick(r[mode][key] for r in single["soketify"])
+            theirs = pick(r[mode][key] for r in single["soketi"])
+            lines.append(f"| {label} | {ours:,.2f} | {theirs:,.2f} | {ours / theirs:.2f}x |")
     return "\n".join(lines)
 
 
@@ -377,6 +421,8 @@ async def main_async(phases, logdir):
             results["presence"] = await phase_presence(logdir, redis, subs, pub)
         if "peer" in phases:
             results["peer"] = await phase_peer(logdir, redis, subs, pub)
+        if "single" in phases:
+            results["single"] = await phase_single(logdir, redis, subs, pub)
     finally:
         for w in subs + [pub]:
             await w.stop()

@@ -85,6 +85,8 @@ _NO_SEND_QUEUE = ()
 _DEFAULTS_INSTALLED = "_soketify_open_state_defaults"
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
+# For the per-subscriber write path, which compares ``protocol.state`` inline (no call per delivery).
+STATE_OPEN = _STATE_OPEN
 _STATE_CLOSING = WebSocketProtocol.STATE_CLOSING
 
 
