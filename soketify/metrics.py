@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -23,7 +24,10 @@ class _ConnectionsCollector:
 
 
 class Metrics:
-    def __init__(self):
+    def __init__(self, host_metrics=None):
+        """``host_metrics()``: Deferred of the whole host's text, when this process is one of
+        several workers; /metrics then answers for the host."""
+        self.host_metrics = host_metrics
         self.registry = CollectorRegistry()
         self.webhook_events_delivered = Counter(
             "soketify_webhook_events_delivered", "Webhook events acknowledged with a 2xx",
@@ -44,3 +48,38 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Families:
+    """Already added-up metric families, for generate_latest."""
+
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return self._families
+
+
+def add_up(texts: list[str]) -> bytes:
+    """The Prometheus text of several processes as one: samples with the same name and labels are
+    added (connections, webhook events); creation times say nothing about a sum and are left out."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple, float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name.endswith("_created"):
+                continue
+            merged = families.get(family.name)
+            if merged is None:
+                merged = families[family.name] = Metric(family.name, family.documentation,
+                                                        family.type)
+                values[family.name] = {}
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                values[family.name][key] = values[family.name].get(key, 0) + sample.value
+    for name, family in families.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    registry = CollectorRegistry()
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)

@@ -143,6 +143,12 @@ class Target:
         self._flush_call = self._retry_call = None
 
 
+def wanted_event_types(apps) -> dict[str, set[str]]:
+    """The webhook event types some target of each app takes."""
+    return {app.id: {kind for webhook in app.webhooks for kind in webhook.event_types}
+            for app in apps}
+
+
 class Webhooks:
     """Routes each app's webhook events to the targets whose filters select them."""
 
@@ -160,8 +166,7 @@ class Webhooks:
             self._targets[app.id] = [Target(app, webhook, settings, clock, outbox, post, dropped,
                                             delivered) for webhook in app.webhooks]
         self._all = {t.key: t for targets in self._targets.values() for t in targets}
-        self._wanted = {app_id: {kind for t in targets for kind in t.webhook.event_types}
-                        for app_id, targets in self._targets.items()}
+        self._wanted = wanted_event_types(apps)
 
     def wants(self, app_id: str, name: str) -> bool:
         """Whether any target of the app takes this event type (so the hub can skip building it)."""

@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
 from soketify import protocol
@@ -126,24 +126,42 @@ class LocalCluster(service.Service):
         return cached
 
     def leave(self, app, channel: str, socket_id: str, user_id: str | None = None):
-        channels = self._channels.get(app.id)
+        return succeed(self._leave(app.id, channel, socket_id))
+
+    def _leave(self, app_id: str, channel: str, socket_id: str) -> int | None:
+        channels = self._channels.get(app_id)
         state = channels.get(channel) if channels is not None else None
         if state is None or socket_id not in state.sockets:
-            return succeed(None)
+            return None
         user_id = state.sockets.pop(socket_id)
         if user_id is not None:
             member = state.members[user_id]
             member[0] -= 1
             if member[0] == 0:
                 del state.members[user_id]
-                self._listener.deliver(app.id, channel,
+                self._listener.deliver(app_id, channel,
                                        protocol.member_removed(channel, user_id).encode(), None)
-                self._lifecycle.member_removed(app.id, channel, user_id)
+                self._lifecycle.member_removed(app_id, channel, user_id)
         if not state.sockets:
             del channels[channel]
-            self._lifecycle.channel_vacated(app.id, channel)
-            self._misses_reported.discard((app.id, channel))
-        return succeed(len(state.sockets))
+            self._lifecycle.channel_vacated(app_id, channel)
+            self._misses_reported.discard((app_id, channel))
+        return len(state.sockets)
+
+    def remove_node(self, node_number: int) -> dict[tuple[str, str], int]:
+        """Every socket of a node that is gone (a worker process that ended): its subscriptions
+        and sign-ins end as if each had closed. Returns the new count of each channel it left."""
+        prefix = f"{node_number}."
+        counts = {}
+        for app_id, channels in list(self._channels.items()):
+            for name, state in list(channels.items()):
+                for socket_id in [s for s in state.sockets if s.startswith(prefix)]:
+                    counts[app_id, name] = self._leave(app_id, name, socket_id)
+        for app_id, users in list(self._users.items()):
+            for user_id, sockets in list(users.items()):
+                for socket_id in [s for s in sockets if s.startswith(prefix)]:
+                    self._sign_out(app_id, socket_id, user_id)
+        return counts
 
     # -- users ---------------------------------------------------------------------------------
 
@@ -156,17 +174,21 @@ class LocalCluster(service.Service):
         return succeed({watched for watched in watchlist if watched in users})
 
     def sign_out(self, app, socket_id: str, user_id: str) -> None:
-        users = self._users.get(app.id, {})
+        self._sign_out(app.id, socket_id, user_id)
+
+    def _sign_out(self, app_id: str, socket_id: str, user_id: str) -> None:
+        users = self._users.get(app_id, {})
         sockets = users.get(user_id)
         if sockets is None:
             return
         sockets.discard(socket_id)
         if not sockets:
             del users[user_id]
-            self._listener.user_online_changed(app.id, user_id, False)
+            self._listener.user_online_changed(app_id, user_id, False)
 
     def terminate_user(self, app_id: str, user_id: str):
-        return succeed(self._listener.terminate_user_here(app_id, user_id))
+        # A listener standing for many processes (the supervisor's) answers later.
+        return maybeDeferred(self._listener.terminate_user_here, app_id, user_id)
 
     # -- events --------------------------------------------------------------------------------
 

@@ -1,0 +1,219 @@
+"""The AMP commands between a supervisor and its worker processes (the ``amp`` engine).
+
+AMP limits each value to 65,535 bytes, while an event may carry 10 KB of data escaped into JSON and a
+presence snapshot 100 members of 1 KB each: ``Big`` values are split over as many keys as they need
+(``name``, ``name.1``, ``name.2`` ...), so any size the limits allow passes.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.protocols import amp
+
+CHUNK = amp.MAX_VALUE_LENGTH
+
+
+class Big(amp.Argument):
+    """Bytes of any length, split over several AMP keys."""
+
+    def fromBox(self, name, strings, objects, proto):
+        first = strings.pop(name, None)
+        key = name.decode()
+        if first is None:
+            if not self.optional:
+                raise KeyError(key)
+            objects[key] = None
+            return
+        parts = [first]
+        index = 1
+        while (part := strings.pop(b"%s.%d" % (name, index), None)) is not None:
+            parts.append(part)
+            index += 1
+        objects[key] = self.decode(b"".join(parts) if index > 1 else first)
+
+    def toBox(self, name, strings, objects, proto):
+        value = objects.get(name.decode())
+        if value is None:
+            if not self.optional:
+                raise KeyError(name.decode())
+            return
+        data = self.encode(value)
+        strings[name] = data[:CHUNK]
+        for index, start in enumerate(range(CHUNK, len(data), CHUNK), 1):
+            strings[b"%s.%d" % (name, index)] = data[start:start + CHUNK]
+
+    def encode(self, value) -> bytes:
+        return value
+
+    def decode(self, data: bytes):
+        return data
+
+
+class BigText(Big):
+    def encode(self, value: str) -> bytes:
+        return value.encode()
+
+    def decode(self, data: bytes) -> str:
+        return data.decode()
+
+
+class BigJson(Big):
+    """Any JSON value (members, stats, id lists)."""
+
+    def encode(self, value) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def decode(self, data: bytes):
+        return json.loads(data)
+
+
+def _text() -> amp.Argument:
+    return amp.Unicode()
+
+
+def _optional_text() -> amp.Argument:
+    return amp.Unicode(optional=True)
+
+
+# -- worker -> supervisor ----------------------------------------------------------------------
+
+class Hello(amp.Command):
+    """A worker's link is up: which node number (the first part of its socket ids) it is."""
+    arguments = [(b"index", amp.Integer())]
+    response = [(b"node_number", amp.Integer()), (b"serving", amp.Boolean())]
+
+
+class Join(amp.Command):
+    arguments = [(b"app_id", _text()), (b"channel", _text()), (b"socket_id", _text()),
+                 (b"member", BigJson(optional=True))]
+    # refused_limit set: MemberLimitReached; otherwise a Joined.
+    response = [(b"new", amp.Boolean()), (b"count", amp.Integer()),
+                (b"members", BigJson(optional=True)), (b"cached", BigText(optional=True)),
+                (b"refused_limit", amp.Integer(optional=True))]
+
+
+class Leave(amp.Command):
+    arguments = [(b"app_id", _text()), (b"channel", _text()), (b"socket_id", _text()),
+                 (b"user_id", _optional_text())]
+    response = [(b"count", amp.Integer(optional=True))]
+
+
+class SignIn(amp.Command):
+    arguments = [(b"app_id", _text()), (b"socket_id", _text()), (b"user_id", _text()),
+                 (b"watchlist", BigJson())]
+    response = [(b"online", BigJson())]
+
+
+class SignOut(amp.Command):
+    arguments = [(b"app_id", _text()), (b"socket_id", _text()), (b"user_id", _text())]
+    requiresAnswer = False
+
+
+class Publish(amp.Command):
+    arguments = [(b"app_id", _text()), (b"channel", _text()), (b"text", Big()),
+                 (b"except_socket_id", _optional_text()),
+                 (b"cache_name", _optional_text()), (b"cache_data", BigText(optional=True))]
+    requiresAnswer = False
+
+
+class Connections(amp.Command):
+    """The worker's open connections of an app with max_connections, after each change."""
+    arguments = [(b"app_id", _text()), (b"count", amp.Integer())]
+    requiresAnswer = False
+
+
+class ChannelStatsQuery(amp.Command):
+    arguments = [(b"app_id", _text()), (b"names", BigJson())]
+    response = [(b"stats", BigJson())]  # {name: [subscription_count, user_count or null]}
+
+
+class OccupiedQuery(amp.Command):
+    arguments = [(b"app_id", _text()), (b"prefix", _text())]
+    response = [(b"stats", BigJson())]
+
+
+class MembersQuery(amp.Command):
+    arguments = [(b"app_id", _text()), (b"channel", _text())]
+    response = [(b"user_ids", BigJson())]
+
+
+class CachedQuery(amp.Command):
+    arguments = [(b"app_id", _text()), (b"channel", _text())]
+    response = [(b"event", BigJson(optional=True))]  # [text, name, data, ttl]
+
+
+class TerminateUser(amp.Command):
+    arguments = [(b"app_id", _text()), (b"user_id", _text())]
+    response = [(b"count", amp.Integer())]
+
+
+class EmitWebhook(amp.Command):
+    arguments = [(b"app_id", _text()), (b"event", BigJson())]
+    requiresAnswer = False
+
+
+class WebhooksStored(amp.Command):
+    """Answered once every webhook event the worker sent before is in the supervisor's outbox."""
+    arguments = []
+    response = []
+
+
+class Sync(amp.Command):
+    """A round trip: answered after everything the worker sent before, and everything sent to it."""
+    arguments = []
+    response = []
+
+
+class HostMetrics(amp.Command):
+    """The Prometheus text of the whole host: every worker's samples added up."""
+    arguments = []
+    response = [(b"text", BigText())]
+
+
+# -- supervisor -> worker ----------------------------------------------------------------------
+
+class Deliver(amp.Command):
+    arguments = [(b"app_id", _text()), (b"channel", _text()), (b"payload", Big()),
+                 (b"except_socket_id", _optional_text())]
+    requiresAnswer = False
+
+
+class CountChanged(amp.Command):
+    arguments = [(b"app_id", _text()), (b"channel", _text()), (b"count", amp.Integer())]
+    requiresAnswer = False
+
+
+class UserOnline(amp.Command):
+    arguments = [(b"app_id", _text()), (b"user_id", _text()), (b"online", amp.Boolean())]
+    requiresAnswer = False
+
+
+class TerminateHere(amp.Command):
+    arguments = [(b"app_id", _text()), (b"user_id", _text())]
+    response = [(b"count", amp.Integer())]
+
+
+class Elsewhere(amp.Command):
+    """Connections of an app with max_connections open on the other workers."""
+    arguments = [(b"app_id", _text()), (b"count", amp.Integer())]
+    requiresAnswer = False
+
+
+class Serving(amp.Command):
+    """Whether the host serves: every worker up and no stop under way (drives /ready)."""
+    arguments = [(b"serving", amp.Boolean())]
+    requiresAnswer = False
+
+
+class WorkerMetrics(amp.Command):
+    arguments = []
+    response = [(b"text", BigText())]
+
+
+def one_way_box(command: type[amp.Command], **values) -> bytes:
+    """The serialized box of a command that takes no answer, built once to be written to many
+    workers (a Deliver fanned out to N workers costs one encoding, not N)."""
+    box = command.makeArguments(values, None)
+    box[b"_command"] = command.commandName
+    return box.serialize()

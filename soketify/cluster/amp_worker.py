@@ -1,0 +1,279 @@
+"""The worker's side of the supervisor link, and the ``amp`` engine it serves as.
+
+Every worker links to its supervisor over AMP. With ``engine = "local"`` the link is also the
+worker's cluster engine (``AmpCluster``): the state lives in the supervisor (``amp_host``). With
+``engine = "redis"`` the worker is a Redis node of its own and the link only carries supervision:
+whether the host serves (every worker up, no stop under way) and the host-wide metrics.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols import amp
+from zope.interface import implementer
+
+from soketify.cluster import amp_commands as cmd
+from soketify.cluster.interfaces import (
+    CachedEvent, ChannelStats, ClusterUnavailable, ICluster, Joined, MemberLimitReached)
+from soketify.webhooks import wanted_event_types
+
+log = Logger()
+
+
+class SupervisorLink(amp.AMP):
+    """The worker's end of its link: what the supervisor tells it."""
+
+    def __init__(self, supervision: "Supervision"):
+        super().__init__()
+        self.supervision = supervision
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.supervision.link_made(self)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.supervision.link_lost()
+
+    @property
+    def _listener(self):
+        return self.supervision.engine._listener
+
+    @cmd.Deliver.responder
+    def deliver(self, app_id, channel, payload, except_socket_id):
+        self._listener.deliver(app_id, channel, payload, except_socket_id)
+        return {}
+
+    @cmd.CountChanged.responder
+    def count_changed(self, app_id, channel, count):
+        self._listener.subscription_count_changed(app_id, channel, count, False)
+        return {}
+
+    @cmd.UserOnline.responder
+    def user_online(self, app_id, user_id, online):
+        self._listener.user_online_changed(app_id, user_id, online)
+        return {}
+
+    @cmd.TerminateHere.responder
+    def terminate_here(self, app_id, user_id):
+        return {"count": self._listener.terminate_user_here(app_id, user_id)}
+
+    @cmd.Elsewhere.responder
+    def elsewhere(self, app_id, count):
+        self.supervision.engine.elsewhere[app_id] = count
+        return {}
+
+    @cmd.Serving.responder
+    def serving(self, serving):
+        self.supervision.serving = serving
+        return {}
+
+    @cmd.WorkerMetrics.responder
+    def worker_metrics(self):
+        return {"text": self.supervision.local_metrics()}
+
+
+class Supervision:
+    """What a worker knows of its supervisor: the link, whether the host serves, its metrics."""
+
+    def __init__(self, index: int, on_lost, engine: "AmpCluster | None" = None):
+        """``on_lost()`` runs when the supervisor is gone (the worker then stops)."""
+        self.index = index
+        self.engine = engine
+        self.link: SupervisorLink | None = None
+        self.serving = False
+        self.registered = False
+        self.node_number: int | None = None
+        self.local_metrics = lambda: ""
+        self._on_lost = on_lost
+        self._ready_waiters: list[Deferred] = []
+
+    def factory(self) -> Factory:
+        return Factory.forProtocol(lambda: SupervisorLink(self))
+
+    def link_made(self, link: SupervisorLink) -> None:
+        self.link = link
+        link.callRemote(cmd.Hello, index=self.index).addCallbacks(self._registered, self._refused)
+
+    def _registered(self, answer) -> None:
+        self.node_number = answer["node_number"]
+        self.serving = self.serving or answer["serving"]
+        self.registered = True
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for waiter in waiters:
+            waiter.callback(self)
+
+    def _refused(self, failure) -> None:
+        log.failure("The supervisor refused this worker", failure)
+        self.link.transport.loseConnection()
+
+    def when_registered(self) -> Deferred:
+        if self.registered:
+            return succeed(self)
+        waiter = Deferred()
+        self._ready_waiters.append(waiter)
+        return waiter
+
+    def link_lost(self) -> None:
+        was_registered = self.registered
+        self.link = None
+        self.registered = self.serving = False
+        if was_registered:
+            self._on_lost()
+
+    def call(self, command, **arguments) -> Deferred:
+        if self.link is None or not self.registered:
+            return fail(ClusterUnavailable("no link to the supervisor"))
+        return self.link.callRemote(command, **arguments)
+
+    def host_metrics(self) -> Deferred:
+        """Deferred of the Prometheus text of every worker of the host."""
+        return self.call(cmd.HostMetrics).addCallback(lambda answer: answer["text"].encode())
+
+
+@implementer(ICluster)
+class AmpCluster(service.Service):
+    """A worker's cluster engine: each operation is a call to the supervisor's state."""
+
+    name = "cluster"
+
+    def __init__(self, apps, index: int, on_lost):
+        self.supervision = Supervision(index, on_lost, self)
+        self._listener = None
+        self._counted = {app.id for app in apps if app.max_connections}
+        self._connections = {app_id: 0 for app_id in self._counted}
+        self.elsewhere: dict[str, int] = {}  # connections of counted apps on the other workers
+
+    @property
+    def ready(self) -> bool:
+        return self.supervision.registered and self.supervision.serving
+
+    @property
+    def node_number(self) -> int | None:
+        return self.supervision.node_number
+
+    def attach(self, listener) -> None:
+        self._listener = listener
+
+    def draining(self) -> None:
+        """Workers stop together with their host: clients leave one by one, as they close."""
+
+    def stopService(self):
+        super().stopService()
+        link = self.supervision.link
+        if link is not None:
+            link.transport.loseConnection()
+        return succeed(None)
+
+    def sync(self) -> Deferred:
+        """A round trip through the supervisor (tests use it to let notifications arrive)."""
+        return self.supervision.call(cmd.Sync)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def admit_connection(self, app) -> bool:
+        if app.id not in self._counted:
+            return True
+        here = self._connections[app.id]
+        if here + self.elsewhere.get(app.id, 0) >= app.max_connections:
+            return False
+        self._connections_changed(app.id, here + 1)
+        return True
+
+    def connection_closed(self, app_id: str) -> None:
+        if app_id in self._counted:
+            self._connections_changed(app_id, self._connections[app_id] - 1)
+
+    def _connections_changed(self, app_id: str, count: int) -> None:
+        self._connections[app_id] = count
+        if self.supervision.registered:
+            self.supervision.call(cmd.Connections, app_id=app_id, count=count)
+
+    # -- channels ------------------------------------------------------------------------------
+
+    def join(self, app, channel, socket_id, member):
+        asked = self.supervision.call(cmd.Join, app_id=app.id, channel=channel, socket_id=socket_id,
+                                      member=list(member) if member is not None else None)
+        return asked.addCallback(_joined)
+
+    def leave(self, app, channel, socket_id, user_id=None):
+        if self.supervision.link is None:
+            return succeed(None)  # the supervisor already ended everything this worker held
+        return self.supervision.call(cmd.Leave, app_id=app.id, channel=channel, socket_id=socket_id,
+                                     user_id=user_id).addCallback(lambda answer: answer["count"])
+
+    def sign_in(self, app, socket_id, user_id, watchlist):
+        return self.supervision.call(cmd.SignIn, app_id=app.id, socket_id=socket_id, user_id=user_id,
+                                     watchlist=list(watchlist)).addCallback(
+            lambda answer: set(answer["online"]))
+
+    def sign_out(self, app, socket_id, user_id) -> None:
+        if self.supervision.registered:
+            self.supervision.call(cmd.SignOut, app_id=app.id, socket_id=socket_id, user_id=user_id)
+
+    def publish(self, app, channel, text, except_socket_id, cached=None) -> None:
+        if not self.supervision.registered:
+            return
+        name, data = cached if cached is not None else (None, None)
+        self.supervision.call(cmd.Publish, app_id=app.id, channel=channel, text=text.encode(),
+                              except_socket_id=except_socket_id, cache_name=name, cache_data=data)
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def channel_stats(self, app_id, names):
+        return self.supervision.call(cmd.ChannelStatsQuery, app_id=app_id, names=list(names)
+                                     ).addCallback(_stats)
+
+    def occupied_channels(self, app_id, prefix):
+        return self.supervision.call(cmd.OccupiedQuery, app_id=app_id, prefix=prefix
+                                     ).addCallback(_stats)
+
+    def channel_members(self, app_id, channel):
+        return self.supervision.call(cmd.MembersQuery, app_id=app_id, channel=channel
+                                     ).addCallback(lambda answer: answer["user_ids"])
+
+    def cached_event(self, app_id, channel):
+        def event(answer):
+            found = answer["event"]
+            return CachedEvent(*found) if found is not None else None
+        return self.supervision.call(cmd.CachedQuery, app_id=app_id, channel=channel
+                                     ).addCallback(event)
+
+    def terminate_user(self, app_id, user_id):
+        return self.supervision.call(cmd.TerminateUser, app_id=app_id, user_id=user_id
+                                     ).addCallback(lambda answer: answer["count"])
+
+
+def _joined(answer) -> Joined | MemberLimitReached:
+    if answer["refused_limit"] is not None:
+        return MemberLimitReached(answer["refused_limit"])
+    return Joined(answer["new"], answer["count"], answer["members"], answer["cached"])
+
+
+def _stats(answer) -> dict[str, ChannelStats]:
+    return {name: ChannelStats(count, users) for name, (count, users) in answer["stats"].items()}
+
+
+class ForwardedWebhooks:
+    """A worker's webhook sink under the ``amp`` engine: every event goes to the supervisor's one
+    durable outbox; which types are wanted is known from the config, without asking."""
+
+    def __init__(self, supervision: Supervision, apps):
+        self._supervision = supervision
+        self._wanted = wanted_event_types(apps)
+
+    def wants(self, app_id: str, name: str) -> bool:
+        return name in self._wanted.get(app_id, ())
+
+    def emit(self, app_id: str, event: dict) -> None:
+        if self._supervision.registered:
+            self._supervision.call(cmd.EmitWebhook, app_id=app_id, event=event)
+        else:
+            log.warn("Webhook event {name} of app {app_id} lost: no link to the supervisor",
+                     name=event.get("name"), app_id=app_id)
+
+    def stored(self) -> Deferred:
+        return self._supervision.call(cmd.WebhooksStored).addCallback(lambda _: None)

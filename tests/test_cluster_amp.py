@@ -1,0 +1,153 @@
+"""The cluster contract against the ``amp`` engine: worker engines linked to one supervisor state
+over real socketpairs, as the processes of one host are; plus what only workers go through: a
+worker whose process ends, and values beyond AMP's 65,535-byte limit."""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import replace
+
+from twisted.internet import reactor, task
+from twisted.internet.defer import ensureDeferred, inlineCallbacks, succeed
+from twisted.trial import unittest
+
+from soketify import protocol
+from soketify.cluster.amp_host import AmpHost
+from soketify.cluster.amp_worker import AmpCluster
+from soketify.config import LimitsConfig
+from tests.cluster_contract import APP, GRACE, OTHER_APP, ClusterContract, Node, all_webhooks
+from tests.test_cluster_redis import wait_until
+
+
+class RecordingSink:
+    """The supervisor's webhook sink, writing into one node's record (all_webhooks reads them)."""
+
+    def __init__(self):
+        self.node = None
+
+    def emit(self, app_id, event):
+        self.node.listener.webhooks.append((app_id, event))
+
+    def wants(self, app_id, name):
+        return True
+
+    def stored(self):
+        return succeed(None)
+
+
+def link(host: AmpHost, worker: AmpCluster) -> None:
+    """Connect a worker to the host over a socketpair, as the supervisor does with a process."""
+    ours, theirs = socket.socketpair()
+    for end, factory in ((ours, host.factory()), (theirs, worker.supervision.factory())):
+        end.setblocking(False)
+        reactor.adoptStreamConnection(end.fileno(), socket.AF_UNIX, factory)
+        end.close()
+
+
+class AmpNodes:
+    timeout = 30
+
+    async def _start_nodes(self, count, **limits):
+        self.sink = RecordingSink()
+        self.host = AmpHost(reactor, [APP, OTHER_APP], replace(LimitsConfig(), **limits), GRACE,
+                            self.sink, workers_wanted=count)
+        self.host.start()
+        self.addCleanup(self.host.stop)
+        nodes = [self.start_node(index) for index in range(count)]
+        self.sink.node = nodes[0]
+        for node in nodes:
+            await self.until_ready(node)
+        return nodes
+
+    def make_nodes(self, count, **limits):
+        return ensureDeferred(self._start_nodes(count, **limits))
+
+    def start_node(self, index=0) -> Node:
+        cluster = AmpCluster([APP, OTHER_APP], index, on_lost=lambda: None)
+        node = Node(cluster)
+        cluster.attach(node.listener)
+        cluster.startService()
+        link(self.host, cluster)
+        self.addCleanup(lambda: cluster.stopService() if cluster.running else None)
+        return node
+
+    async def until_ready(self, node: Node):
+        await wait_until(lambda: node.cluster.ready, "the worker to register")
+        node.number = node.cluster.node_number
+
+    def elapse(self, seconds):
+        return task.deferLater(reactor, seconds, lambda: None)
+
+    @inlineCallbacks
+    def settle(self, nodes):
+        for _ in range(2):
+            for node in {id(n): n for n in nodes}.values():
+                yield node.cluster.sync()
+
+
+class AmpClusterContractTests(AmpNodes, ClusterContract, unittest.TestCase):
+    """Every promise of the contract, with each worker an engine linked to one supervisor."""
+
+
+class AmpWorkerTests(AmpNodes, unittest.TestCase):
+    def test_a_worker_that_ends_is_removed_at_once(self):
+        """When a worker's link closes (its process ended), its members are removed and its users
+        are offline at once, without waiting for a timeout; webhooks follow after the grace."""
+        return ensureDeferred(self._worker_ends())
+
+    async def _worker_ends(self):
+        a, b = await self._start_nodes(2)
+        await a.cluster.join(APP, "presence-room", a.socket(1), ("alice", None))
+        await b.cluster.join(APP, "presence-room", b.socket(1), ("bob", None))
+        await b.cluster.join(APP, "news", b.socket(1), None)
+        await a.cluster.join(APP, "news", a.socket(2), None)
+        await a.cluster.sign_in(APP, a.socket(1), "alice", ("bob",))
+        await b.cluster.sign_in(APP, b.socket(1), "bob", ())
+        self.assertTrue(b.cluster.admit_connection(APP))
+        await self.settle([a, b])
+        b.cluster.supervision.link.transport.abortConnection()
+        await wait_until(lambda: a.listener.events_named(protocol.MEMBER_REMOVED),
+                         "member_removed", 2)
+        self.assertEqual(a.listener.events_named(protocol.MEMBER_REMOVED),
+                         [(APP.id, "presence-room", {"user_id": "bob"}, None)])
+        self.assertIn((APP.id, "bob", False), a.listener.online)
+        self.assertEqual(a.listener.counts[-1], (APP.id, "news", 1, False))
+        self.assertEqual(a.cluster.elsewhere[APP.id], 0, "its connections no longer count")
+        stats = await a.cluster.channel_stats(APP.id, ["presence-room", "news"])
+        self.assertEqual((stats["presence-room"].user_count, stats["news"].subscription_count),
+                         (1, 1))
+        self.assertFalse(a.cluster.ready, "fewer workers than wanted: the host does not serve")
+        await self.elapse(GRACE + 1)
+        self.assertEqual(all_webhooks([a], "member_removed"),
+                         [{"name": "member_removed", "channel": "presence-room", "user_id": "bob"}])
+        c = self.start_node(1)
+        await self.until_ready(c)
+        self.assertTrue(a.cluster.ready, "the replacement is up: the host serves again")
+        self.assertNotEqual(c.number, b.number, "a new process gets new socket ids")
+
+    def test_values_beyond_the_amp_limit_pass(self):
+        """The largest event (10 KB of data that doubles when escaped) and a presence snapshot of
+        100 members with 1 KB user_info each pass the 65,535-byte AMP value limit intact."""
+        return ensureDeferred(self._big_values())
+
+    async def _big_values(self):
+        a, b = await self._start_nodes(2)
+        info = {"bio": "é\"" * 340}  # about 1 KB of JSON, escapes included
+        for n in range(100):
+            await a.cluster.join(APP, "presence-big", a.socket(n + 1), (f"user-{n}", info))
+        joined = await b.cluster.join(APP, "presence-big", b.socket(1), ("user-0", info))
+        self.assertEqual(len(joined.members), 100)
+        self.assertEqual(joined.members["user-99"], info)
+        data = '"\\' * 5000 + "x" * 5000  # 10 KB of data, about 25 KB once JSON-encoded twice
+        text = protocol.event("big", "cache-big", data)
+        self.assertGreater(len(text) * 3, 65535)
+        a.cluster.publish(APP, "cache-big", text * 3, None, ("big", data * 3))
+        await self.settle([a, b])
+        delivered = [d for d in b.listener.deliveries if d[1] == "cache-big"]
+        self.assertEqual(delivered, [(APP.id, "cache-big", text * 3, None)])
+        cached = await b.cluster.cached_event(APP.id, "cache-big")
+        self.assertEqual((cached.text, cached.data), (text * 3, data * 3))
+        stats = await b.cluster.channel_stats(APP.id, [f"c-{n:0200d}" for n in range(400)])
+        self.assertEqual(len(stats), 400)
+        self.assertEqual(json.loads(json.dumps(joined.members))["user-5"], info)
