@@ -167,6 +167,12 @@ def settable_header(name: str) -> str | None:
     return None
 
 
+def worker_count(value: int | str) -> str | None:
+    if isinstance(value, bool) or value != "auto" and not (isinstance(value, int) and value >= 1):
+        return 'must be a positive integer or "auto"'
+    return None
+
+
 def at_least_one_app(apps: tuple) -> str | None:
     return None if apps else "at least one [[apps]] table is required"
 
@@ -184,6 +190,12 @@ class ServerConfig:
     max_send_buffer: int = setting(4 * 1024 * 1024, positive)
     shutdown_timeout: int = setting(10, positive)
     state_dir: str = setting("/var/lib/soketify", not_empty)
+    # Worker processes sharing the listening ports: 1 is one process; "auto" is one per CPU core.
+    workers: int | str = setting(1, worker_count, expected='a positive integer or "auto"')
+
+    @property
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers == "auto" else self.workers
 
 
 @dataclass(frozen=True)

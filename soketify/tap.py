@@ -7,6 +7,7 @@ import os
 import sys
 
 from twisted.application import service, strports
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
@@ -15,12 +16,14 @@ from soketify import autobahn_tuning, protocol
 from soketify.activity import ActivityMonitor
 from soketify.apps import AppRegistry
 from soketify.cluster import make_cluster
+from soketify.cluster.amp_worker import ForwardedWebhooks
 from soketify.config import Config, ConfigError, load_default
 from soketify.hub import Hub
 from soketify.metrics import Metrics
 from soketify.outbox import Outbox
 from soketify.rest import RestApi
 from soketify.session import Sessions
+from soketify.listening import REUSABLE_ENDPOINTS, EndpointListener, ReusePortReactor
 from soketify.web import ApiSite, SwitchFactory
 from soketify.webhooks import Webhooks, treq_post
 from soketify.frames import text_frame
@@ -51,9 +54,10 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self["loaded"] = load_default(self["config"])
-            problem = state_dir_problem(self["loaded"])
-            if problem is not None:
-                raise ConfigError([problem])
+            problems = [problem for problem in (state_dir_problem(self["loaded"]),
+                                                workers_problem(self["loaded"])) if problem]
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as e:
             # One line per problem, no usage text and no traceback; nothing has started listening.
             for problem in e.problems:
@@ -64,24 +68,35 @@ class Options(usage.Options):
 class SoketifyService(service.MultiService):
     """The listeners plus graceful stop: refuse new work, move every client (4200), then stop."""
 
-    def __init__(self, config: Config, reactor, webhook_post=None, outbox=None):
-        """``webhook_post`` and ``outbox`` replace treq and the SQLite file thread in tests."""
+    def __init__(self, config: Config, reactor, webhook_post=None, outbox=None, worker=None):
+        """``webhook_post`` and ``outbox`` replace treq and the SQLite file thread in tests.
+        ``worker`` (a ``worker.WorkerRole``): this process is one of a supervisor's workers."""
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.ready = False
         server = config.server
         autobahn_tuning.apply()
-        self.metrics = Metrics()
+        self.supervision = worker.supervision if worker is not None else None
+        self.metrics = Metrics(self.supervision.host_metrics if worker is not None else None)
+        if worker is not None:
+            self.supervision.local_metrics = lambda: self.metrics.render().decode()
         self.outbox = None
         self.webhooks = None
-        if any(app.webhooks for app in config.apps):
-            self.outbox = outbox or Outbox.on_thread(outbox_path(config), reactor)
-            self.webhooks = Webhooks(config.apps, config.webhooks, reactor, self.outbox,
-                                     webhook_post or treq_post(reactor),
-                                     dropped=self.metrics.webhook_dropped,
-                                     delivered=self.metrics.webhook_delivered)
-        self.cluster = make_cluster(config, reactor)
+        if worker is not None and worker.cluster is not None:
+            # The amp engine: the supervisor keeps the one outbox and sends every webhook.
+            self.cluster = worker.cluster
+            if any(app.webhooks for app in config.apps):
+                self.webhooks = ForwardedWebhooks(self.supervision, config.apps)
+        else:
+            if any(app.webhooks for app in config.apps):
+                path = outbox_path(config, worker.index if worker is not None else None)
+                self.outbox = outbox or Outbox.on_thread(path, reactor)
+                self.webhooks = Webhooks(config.apps, config.webhooks, reactor, self.outbox,
+                                         webhook_post or treq_post(reactor),
+                                         dropped=self.metrics.webhook_dropped,
+                                         delivered=self.metrics.webhook_delivered)
+            self.cluster = make_cluster(config, reactor)
         self.hub = Hub(AppRegistry(config.apps), self.cluster, text_frame, config.limits, reactor,
                        webhooks=self.webhooks)
         self.metrics.watch_hub(self.hub)
@@ -99,7 +114,13 @@ class SoketifyService(service.MultiService):
         self.listeners = []
         switch = SwitchFactory(self.websocket, site)
         for description in server.listen:
-            listener = strports.service(with_default_backlog(description), switch, reactor=reactor)
+            if worker is not None:
+                # Every worker opens the same ports (SO_REUSEPORT): the kernel spreads clients.
+                listener = EndpointListener(serverFromString(
+                    ReusePortReactor(reactor), with_default_backlog(description)), switch)
+            else:
+                listener = strports.service(with_default_backlog(description), switch,
+                                            reactor=reactor)
             listener.setServiceParent(self)
             self.listeners.append(listener)
 
@@ -122,6 +143,8 @@ class SoketifyService(service.MultiService):
         """Why /ready answers 503, or None while the node serves as part of its cluster."""
         if not self.ready:
             return "Server is starting or shutting down"
+        if self.supervision is not None and not self.supervision.serving:
+            return "Fewer workers are up than configured, or the server is stopping"
         if not self.cluster.ready:
             return "Server is not connected to its cluster"
         return None
@@ -170,8 +193,11 @@ class SoketifyService(service.MultiService):
         return gone.addBoth(all_gone)
 
 
-def outbox_path(config: Config) -> str:
-    return os.path.join(config.server.state_dir, "webhooks.sqlite3")
+def outbox_path(config: Config, worker_index: int | None = None) -> str:
+    """The webhook outbox: one per process that sends webhooks (each worker of a Redis cluster
+    has its own, kept under its number so that its replacement resumes it)."""
+    name = "webhooks.sqlite3" if worker_index is None else f"webhooks-worker-{worker_index}.sqlite3"
+    return os.path.join(config.server.state_dir, name)
 
 
 def state_dir_problem(config: Config) -> str | None:
@@ -188,15 +214,29 @@ def state_dir_problem(config: Config) -> str | None:
     return None
 
 
+def workers_problem(config: Config) -> str | None:
+    """Workers share their ports through SO_REUSEPORT, which only TCP listeners have."""
+    if config.server.worker_count == 1:
+        return None
+    for description in config.server.listen:
+        if description.split(":", 1)[0].lower() not in REUSABLE_ENDPOINTS:
+            return (f"{config.source}: server.workers: more than one worker needs tcp:, tcp6: or "
+                    f"ssl: listen endpoints, not {description!r}")
+    return None
+
+
 def makeService(options, reactor=None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor
     config = options["loaded"] if "loaded" in options else load_default(options.get("config"))
-    reactor.callWhenRunning(_freeze_startup_objects)
+    if config.server.worker_count > 1:
+        from soketify.supervisor import SupervisorService
+        return SupervisorService(config, options.get("config"), reactor)
+    reactor.callWhenRunning(freeze_startup_objects)
     return SoketifyService(config, reactor)
 
 
-def _freeze_startup_objects() -> None:
+def freeze_startup_objects() -> None:
     """Start-up objects live forever: keep the cyclic collector from scanning them again and again.
     Handshakes allocate many short-lived objects that reference counting frees; collecting the
     youngest generation every 700 allocations cost about 15 % of a handshake in profiles."""

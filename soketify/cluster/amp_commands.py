@@ -211,6 +211,17 @@ class WorkerMetrics(amp.Command):
     response = [(b"text", BigText())]
 
 
+class QuietAMP(amp.AMP):
+    """AMP without its info lines at each connection and loss: the supervisor logs what matters."""
+
+    def makeConnection(self, transport):
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
+    def connectionLost(self, reason):
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.transport = None
+
+
 def one_way_box(command: type[amp.Command], **values) -> bytes:
     """The serialized box of a command that takes no answer, built once to be written to many
     workers (a Deliver fanned out to N workers costs one encoding, not N)."""

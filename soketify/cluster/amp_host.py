@@ -14,7 +14,6 @@ import random
 from twisted.internet.defer import gatherResults
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols import amp
 from zope.interface import implementer
 
 from soketify import protocol
@@ -26,7 +25,7 @@ from soketify.metrics import add_up
 log = Logger()
 
 
-class WorkerLink(amp.AMP):
+class WorkerLink(cmd.QuietAMP):
     """The supervisor's end of one worker's link."""
 
     def __init__(self, host: "AmpHost"):
@@ -115,7 +114,7 @@ class WorkerLink(amp.AMP):
 
     @cmd.HostMetrics.responder
     def host_metrics(self):
-        return self.host.metrics().addCallback(lambda text: {"text": text})
+        return self.host.metrics().addCallback(lambda text: {"text": text.decode()})
 
 
 def _stats_answer(stats) -> dict:

@@ -12,7 +12,6 @@ from twisted.application import service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols import amp
 from zope.interface import implementer
 
 from soketify.cluster import amp_commands as cmd
@@ -23,7 +22,7 @@ from soketify.webhooks import wanted_event_types
 log = Logger()
 
 
-class SupervisorLink(amp.AMP):
+class SupervisorLink(cmd.QuietAMP):
     """The worker's end of its link: what the supervisor tells it."""
 
     def __init__(self, supervision: "Supervision"):
@@ -86,6 +85,7 @@ class Supervision:
         self.link: SupervisorLink | None = None
         self.serving = False
         self.registered = False
+        self.closing = False  # this worker closes the link itself (it is stopping)
         self.node_number: int | None = None
         self.local_metrics = lambda: ""
         self._on_lost = on_lost
@@ -118,10 +118,9 @@ class Supervision:
         return waiter
 
     def link_lost(self) -> None:
-        was_registered = self.registered
         self.link = None
         self.registered = self.serving = False
-        if was_registered:
+        if not self.closing:
             self._on_lost()
 
     def call(self, command, **arguments) -> Deferred:
@@ -165,6 +164,7 @@ class AmpCluster(service.Service):
         super().stopService()
         link = self.supervision.link
         if link is not None:
+            self.supervision.closing = True
             link.transport.loseConnection()
         return succeed(None)
 

@@ -1,0 +1,149 @@
+"""The supervisor of ``[server] workers = N``: starts N worker processes, links to each over AMP,
+restarts any that ends, and stops them all gracefully on SIGTERM.
+
+Under ``engine = "local"`` it also holds the host's cluster state (``AmpHost``) and sends every
+webhook from its one durable outbox (``state_dir/webhooks.sqlite3``). Under ``engine = "redis"`` each
+worker is a Redis node with its own outbox (``webhooks-worker-<n>.sqlite3``, resumed by the worker
+that replaces it) and the supervisor only supervises. The supervisor never accepts a client.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+
+from soketify.cluster.amp_host import AmpHost
+from soketify.metrics import Metrics
+from soketify.outbox import Outbox
+from soketify.tap import outbox_path
+from soketify.webhooks import Webhooks, treq_post
+from soketify.hub import NoWebhooks
+from soketify.worker import EXIT_LISTEN
+
+log = Logger()
+
+# A worker that ran at least this long is restarted at once; one that ends sooner waits 1 s, 2 s,
+# 4 s ... (at most RESTART_DELAY_MAX) so that a worker that cannot start does not spin.
+STABLE_AFTER = 10.0
+RESTART_DELAY_MAX = 30.0
+# Beyond shutdown_timeout, how long a stopping worker may take before it is killed.
+KILL_AFTER_EXTRA = 5.0
+
+
+class WorkerProcess(ProcessProtocol):
+    def __init__(self, supervisor: "SupervisorService", index: int):
+        self.supervisor = supervisor
+        self.index = index
+        self.started_at = supervisor.reactor.seconds()
+        self.ended = Deferred()
+
+    def processEnded(self, reason):
+        self.supervisor.worker_ended(self, reason.value.exitCode, reason.value.signal)
+        self.ended.callback(None)
+
+
+class SupervisorService(service.Service):
+    def __init__(self, config, config_path: str | None, reactor):
+        self.config = config
+        self.config_path = config_path
+        self.reactor = reactor
+        self.wanted = config.server.worker_count
+        self.metrics = Metrics()
+        self.outbox = None
+        webhooks = NoWebhooks()
+        if config.cluster.engine == "local" and any(app.webhooks for app in config.apps):
+            self.outbox = Outbox.on_thread(outbox_path(config), reactor)
+            webhooks = Webhooks(config.apps, config.webhooks, reactor, self.outbox,
+                                treq_post(reactor), dropped=self.metrics.webhook_dropped,
+                                delivered=self.metrics.webhook_delivered)
+        self.webhooks = webhooks
+        self.host = AmpHost(reactor, config.apps, config.limits, config.webhooks.grace, webhooks,
+                            self.wanted, metrics=lambda: succeed(self.metrics.render().decode()))
+        self.processes: dict[int, WorkerProcess] = {}
+        self._delays: dict[int, float] = {}
+        self._restarts: dict[int, object] = {}
+        self._ever_served = False
+        self._stopping = False
+        self.failed = False
+
+    def startService(self):
+        super().startService()
+        if self.outbox is not None:
+            opened = self.outbox.open()
+            opened.addCallback(lambda _: self.webhooks.resume())
+            opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
+        self.host.start()
+        log.info("Starting {count} workers (engine {engine}) on {listen}", count=self.wanted,
+                 engine=self.config.cluster.engine, listen=", ".join(self.config.server.listen))
+        for index in range(self.wanted):
+            self.spawn(index)
+
+    def spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, self.host.factory())
+        ours.close()
+        args = [sys.executable, "-m", "soketify.worker", "--index", str(index), "--link-fd", "3"]
+        if self.config_path is not None:
+            args += ["--config", self.config_path]
+        process = WorkerProcess(self, index)
+        self.reactor.spawnProcess(process, sys.executable, args, env=os.environ,
+                                  childFDs={1: 1, 2: 2, 3: theirs.fileno()})
+        theirs.close()
+        self.processes[index] = process
+
+    def worker_ended(self, process: WorkerProcess, code, signal) -> None:
+        if self.processes.get(process.index) is process:
+            del self.processes[process.index]
+        how = f"signal {signal}" if signal is not None else f"status {code}"
+        if self._stopping:
+            log.info("Worker {index} stopped ({how})", index=process.index, how=how)
+            return
+        self._ever_served = self._ever_served or self.host.serving
+        if not self._ever_served and code == EXIT_LISTEN:
+            log.error("Worker {index} cannot listen; stopping", index=process.index)
+            self.failed = True
+            self.reactor.stop()
+            return
+        ran = self.reactor.seconds() - process.started_at
+        delay = 0.0 if ran >= STABLE_AFTER else min(
+            RESTART_DELAY_MAX, max(1.0, 2 * self._delays.get(process.index, 0.5)))
+        self._delays[process.index] = delay
+        log.warn("Worker {index} ended ({how}) after {ran:.1f} s; restarting it in {delay:.0f} s",
+                 index=process.index, how=how, ran=ran, delay=delay)
+        self._restarts[process.index] = self.reactor.callLater(delay, self.spawn, process.index)
+
+    def stopService(self):
+        """Every worker stops gracefully (its clients get 4200), then the state and outbox close."""
+        super().stopService()
+        self._stopping = True
+        self.host.stopping()
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        processes = list(self.processes.values())
+        for process in processes:
+            process.transport.signalProcess("TERM")
+        kill_after = self.config.server.shutdown_timeout + KILL_AFTER_EXTRA
+
+        def kill_stragglers():
+            for process in list(self.processes.values()):
+                log.warn("Worker {index} did not stop in time: killing it", index=process.index)
+                process.transport.signalProcess("KILL")
+        killing = self.reactor.callLater(kill_after, kill_stragglers)
+        ended = DeferredList([process.ended for process in processes])
+
+        def all_ended(_):
+            if killing.active():
+                killing.cancel()
+            self.host.stop()
+            if self.outbox is not None:
+                return self.webhooks.stop()
+        return ended.addCallback(all_ended)

@@ -1,0 +1,94 @@
+"""One worker process of a supervisor (``[server] workers``): ``python -m soketify.worker``.
+
+The supervisor starts it with its end of an AMP link as a file descriptor; the worker reads the same
+config file, links up, then opens every listen endpoint itself (SO_REUSEPORT) and serves like a
+single Soketify process. It stops gracefully on SIGTERM, and on its own if the supervisor is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+# Exit statuses the supervisor tells apart.
+EXIT_CONFIG = 2       # the config file could not be read (the supervisor read it a moment ago)
+EXIT_LISTEN = 3       # a listen endpoint could not be opened
+
+
+@dataclass
+class WorkerRole:
+    """What makes a SoketifyService a worker: its number, its link, and its engine if ``amp``."""
+
+    index: int
+    supervision: object  # amp_worker.Supervision
+    cluster: object | None  # amp_worker.AmpCluster under engine "local", else None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m soketify.worker")
+    parser.add_argument("--config")
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--link-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    from twisted.internet import epollreactor
+    epollreactor.install()
+    from twisted.internet import reactor
+    from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+
+    output = textFileLogObserver(sys.stdout)
+
+    def observe(event):
+        event.setdefault("log_system", f"worker {args.index}")
+        output(event)
+    globalLogBeginner.beginLoggingTo([observe], redirectStandardIO=False)
+    log = Logger()
+
+    from soketify.cluster.amp_worker import AmpCluster, Supervision
+    from soketify.config import ConfigError, load_default
+    from soketify.tap import SoketifyService, freeze_startup_objects
+
+    try:
+        config = load_default(args.config)
+    except ConfigError as e:
+        for problem in e.problems:
+            log.error("{problem}", problem=problem)
+        return EXIT_CONFIG
+    status = [0]
+
+    def supervisor_gone():
+        log.warn("The supervisor is gone: stopping")
+        if reactor.running:
+            reactor.stop()
+
+    if config.cluster.engine == "local":
+        cluster = AmpCluster(config.apps, args.index, supervisor_gone)
+        supervision = cluster.supervision
+    else:
+        cluster = None
+        supervision = Supervision(args.index, supervisor_gone)
+    reactor.adoptStreamConnection(args.link_fd, socket.AF_UNIX, supervision.factory())
+    os.close(args.link_fd)
+    server = SoketifyService(config, reactor, worker=WorkerRole(args.index, supervision, cluster))
+
+    def cannot_listen(failure):
+        log.error("Cannot listen: {why}", why=failure.getErrorMessage())
+        status[0] = EXIT_LISTEN
+        reactor.stop()
+
+    def start(_):
+        server.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+        for listener in server.listeners:
+            listener.listening.addErrback(cannot_listen)
+        freeze_startup_objects()
+    reactor.callWhenRunning(lambda: supervision.when_registered().addCallback(start))
+    reactor.run()
+    return status[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
