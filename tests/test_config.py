@@ -361,3 +361,30 @@ class BacklogTests(unittest.TestCase):
                          "ssl:443:privateKey=k.pem:backlog=1024")
         self.assertEqual(with_default_backlog("tcp:6001:backlog=10"), "tcp:6001:backlog=10")
         self.assertEqual(with_default_backlog("unix:/run/s.sock"), "unix:/run/s.sock")
+
+
+class WorkersTests(unittest.TestCase):
+    def test_workers_is_a_positive_count_or_auto(self):
+        """workers = N or "auto" (one per core); anything else is one clear problem."""
+        from soketify.config import parse
+        self.assertEqual(parse({"apps": [APP]}).server.worker_count, 1)
+        self.assertEqual(parse({"apps": [APP], "server": {"workers": 3}}).server.worker_count, 3)
+        self.assertEqual(parse({"apps": [APP], "server": {"workers": "auto"}}).server.worker_count,
+                         os.cpu_count())
+        for wrong in (0, -2, True, "all", 1.5):
+            self.assertEqual(parse_problems({"apps": [APP], "server": {"workers": wrong}}),
+                             [f"F: server.workers: must be a positive integer or \"auto\""
+                              + (f", not {wrong!r}" if isinstance(wrong, float) else "")], wrong)
+
+    def test_workers_need_listeners_that_can_share_their_port(self):
+        """More than one worker is refused at start-up with a unix: listener (no SO_REUSEPORT)."""
+        from soketify.config import parse
+        from soketify.tap import workers_problem
+        shared = parse({"apps": [APP], "server": {"workers": 2,
+                                                  "listen": ["tcp:6001", "ssl:6002:privateKey=k"]}})
+        self.assertIsNone(workers_problem(shared))
+        unix = parse({"apps": [APP], "server": {"workers": 2, "listen": ["unix:/run/s.sock"]}})
+        self.assertIn("server.workers: more than one worker needs tcp:, tcp6: or ssl:",
+                      workers_problem(unix))
+        one = parse({"apps": [APP], "server": {"listen": ["unix:/run/s.sock"]}})
+        self.assertIsNone(workers_problem(one))
