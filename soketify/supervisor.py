@@ -68,9 +68,7 @@ class SupervisorService(service.Service):
         self.processes: dict[int, WorkerProcess] = {}
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, object] = {}
-        self._ever_served = False
         self._stopping = False
-        self.failed = False
 
     def startService(self):
         super().startService()
@@ -106,10 +104,11 @@ class SupervisorService(service.Service):
         if self._stopping:
             log.info("Worker {index} stopped ({how})", index=process.index, how=how)
             return
-        self._ever_served = self._ever_served or self.host.serving
-        if not self._ever_served and code == EXIT_LISTEN:
+        if not self.host.ever_served and code == EXIT_LISTEN:
+            # A port that cannot be opened at start-up will not open by retrying: fail like a
+            # single process would, with a status systemd sees (twistd itself always exits 0).
             log.error("Worker {index} cannot listen; stopping", index=process.index)
-            self.failed = True
+            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
             self.reactor.stop()
             return
         ran = self.reactor.seconds() - process.started_at

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
     globalLogBeginner.beginLoggingTo([observe], redirectStandardIO=False)
     log = Logger()
 
+    from twisted.internet.defer import gatherResults
+
     from soketify.cluster.amp_worker import AmpCluster, Supervision
     from soketify.config import ConfigError, load_default
     from soketify.tap import SoketifyService, freeze_startup_objects
@@ -59,10 +62,16 @@ def main(argv=None) -> int:
         return EXIT_CONFIG
     status = [0]
 
-    def supervisor_gone():
-        log.warn("The supervisor is gone: stopping")
+    def stop():
+        # Once stopping, a further SIGTERM (the supervisor's, or systemd's to the whole group) has
+        # nothing left to start; the supervisor kills a worker that overruns its stop.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if reactor.running:
             reactor.stop()
+
+    def supervisor_gone():
+        log.warn("The supervisor is gone: stopping")
+        stop()
 
     if config.cluster.engine == "local":
         cluster = AmpCluster(config.apps, args.index, supervisor_gone)
@@ -77,15 +86,19 @@ def main(argv=None) -> int:
     def cannot_listen(failure):
         log.error("Cannot listen: {why}", why=failure.getErrorMessage())
         status[0] = EXIT_LISTEN
-        reactor.stop()
+        stop()
 
     def start(_):
         server.startService()
         reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
-        for listener in server.listeners:
-            listener.listening.addErrback(cannot_listen)
+        listening = gatherResults([listener.listening for listener in server.listeners],
+                                  consumeErrors=True)
+        listening.addCallbacks(lambda _: supervision.report_listening(),
+                               lambda failure: cannot_listen(failure.value.subFailure))
         freeze_startup_objects()
     reactor.callWhenRunning(lambda: supervision.when_registered().addCallback(start))
+    reactor.addSystemEventTrigger("before", "shutdown", signal.signal, signal.SIGTERM,
+                                  signal.SIG_IGN)
     reactor.run()
     return status[0]
 

@@ -69,6 +69,7 @@ class AmpNodes:
         cluster.attach(node.listener)
         cluster.startService()
         link(self.host, cluster)
+        cluster.supervision.when_registered().addCallback(lambda s: s.report_listening())
         self.addCleanup(lambda: cluster.stopService() if cluster.running else None)
         return node
 

@@ -84,6 +84,12 @@ class Hello(amp.Command):
     response = [(b"node_number", amp.Integer()), (b"serving", amp.Boolean())]
 
 
+class Listening(amp.Command):
+    """The worker has opened every listen endpoint: it counts as up."""
+    arguments = []
+    requiresAnswer = False
+
+
 class Join(amp.Command):
     arguments = [(b"app_id", _text()), (b"channel", _text()), (b"socket_id", _text()),
                  (b"member", BigJson(optional=True))]

@@ -33,6 +33,7 @@ class WorkerLink(cmd.QuietAMP):
         self.host = host
         self.node_number: int | None = None
         self.index: int | None = None
+        self.listening = False  # every listen endpoint open: the worker counts as up
         self.connections: dict[str, int] = {}  # apps with max_connections: open on this worker
 
     def connectionLost(self, reason):
@@ -42,6 +43,12 @@ class WorkerLink(cmd.QuietAMP):
     @cmd.Hello.responder
     def hello(self, index):
         return self.host.hello(self, index)
+
+    @cmd.Listening.responder
+    def now_listening(self):
+        self.listening = True
+        self.host.update_serving()
+        return {}
 
     @cmd.Join.responder
     def join(self, app_id, channel, socket_id, member):
@@ -142,6 +149,7 @@ class AmpHost:
         self.links: list[WorkerLink] = []
         self._stopping = False
         self.serving = False
+        self.ever_served = False
         self.state.attach(self)
 
     def app(self, app_id: str):
@@ -164,7 +172,7 @@ class AmpHost:
 
     def stopping(self) -> None:
         self._stopping = True
-        self._update_serving()
+        self.update_serving()
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -177,7 +185,6 @@ class AmpHost:
         self.links.append(link)
         for app_id in self._counted_apps():
             link.callRemote(cmd.Elsewhere, app_id=app_id, count=self._connections(app_id))
-        self._update_serving(tell=[other for other in self.links if other is not link])
         return {"node_number": number, "serving": self.serving}
 
     def link_lost(self, link: WorkerLink) -> None:
@@ -190,15 +197,17 @@ class AmpHost:
             self._count_changed(link, app_id, channel, count, None)
         for app_id in link.connections:
             self.connections_changed(app_id)
-        self._update_serving()
+        self.update_serving()
 
-    def _update_serving(self, tell=None) -> None:
-        serving = len(self.links) >= self.workers_wanted and not self._stopping
+    def update_serving(self) -> None:
+        """The host serves while every wanted worker listens and no stop is under way."""
+        up = sum(1 for link in self.links if link.listening)
+        serving = up >= self.workers_wanted and not self._stopping
         if serving != self.serving:
             self.serving = serving
-            tell = self.links
-        for link in tell or ():
-            link.callRemote(cmd.Serving, serving=serving)
+            self.ever_served = self.ever_served or serving
+            for link in self.links:
+                link.callRemote(cmd.Serving, serving=serving)
 
     # -- connections ---------------------------------------------------------------------------
 

@@ -117,6 +117,11 @@ class Supervision:
         self._ready_waiters.append(waiter)
         return waiter
 
+    def report_listening(self) -> None:
+        """Every listen endpoint of this worker is open."""
+        if self.registered:
+            self.link.callRemote(cmd.Listening)
+
     def link_lost(self) -> None:
         self.link = None
         self.registered = self.serving = False
