@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from twisted.internet import reactor, task
 from twisted.internet.defer import gatherResults, inlineCallbacks, succeed
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -91,6 +92,35 @@ def all_webhooks(nodes, name=None):
     """Webhook events emitted by any node, in no particular order between nodes."""
     return [event for node in distinct(nodes) for _, event in node.listener.webhooks
             if name is None or event["name"] == name]
+
+
+async def wait_until(check, what: str, timeout: float = 10.0):
+    """Poll a condition on the real reactor (cluster state arrives over the network), bounded."""
+    deadline = reactor.seconds() + timeout
+    while not check():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await task.deferLater(reactor, 0.02, lambda: None)
+
+
+class NodesOnTheReactor:
+    """For engines whose nodes talk over real connections: time is the reactor's, and each node's
+    ``sync()`` is a round trip that ends after everything sent to it before."""
+
+    async def until_ready(self, node: Node):
+        await wait_until(lambda: node.cluster.ready, "the node to join the cluster")
+        node.number = node.cluster.node_number
+
+    def elapse(self, seconds):
+        return task.deferLater(reactor, seconds, lambda: None)
+
+    @inlineCallbacks
+    def settle(self, nodes):
+        # Twice, so that what one node's round does (claiming webhooks, reaping) reaches the
+        # others too.
+        for _ in range(2):
+            for node in {id(n): n for n in nodes}.values():
+                yield node.cluster.sync()
 
 
 class ClusterContract:

@@ -8,16 +8,16 @@ import json
 import socket
 from dataclasses import replace
 
-from twisted.internet import reactor, task
-from twisted.internet.defer import ensureDeferred, inlineCallbacks, succeed
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, succeed
 from twisted.trial import unittest
 
 from soketify import protocol
 from soketify.cluster.amp_host import AmpHost
 from soketify.cluster.amp_worker import AmpCluster
 from soketify.config import LimitsConfig
-from tests.cluster_contract import APP, GRACE, OTHER_APP, ClusterContract, Node, all_webhooks
-from tests.test_cluster_redis import wait_until
+from tests.cluster_contract import (
+    APP, GRACE, OTHER_APP, ClusterContract, Node, NodesOnTheReactor, all_webhooks, wait_until)
 
 
 class RecordingSink:
@@ -45,7 +45,7 @@ def link(host: AmpHost, worker: AmpCluster) -> None:
         end.close()
 
 
-class AmpNodes:
+class AmpNodes(NodesOnTheReactor):
     timeout = 30
 
     async def _start_nodes(self, count, **limits):
@@ -72,20 +72,6 @@ class AmpNodes:
         cluster.supervision.when_registered().addCallback(lambda s: s.report_listening())
         self.addCleanup(lambda: cluster.stopService() if cluster.running else None)
         return node
-
-    async def until_ready(self, node: Node):
-        await wait_until(lambda: node.cluster.ready, "the worker to register")
-        node.number = node.cluster.node_number
-
-    def elapse(self, seconds):
-        return task.deferLater(reactor, seconds, lambda: None)
-
-    @inlineCallbacks
-    def settle(self, nodes):
-        for _ in range(2):
-            for node in {id(n): n for n in nodes}.values():
-                yield node.cluster.sync()
-
 
 class AmpClusterContractTests(AmpNodes, ClusterContract, unittest.TestCase):
     """Every promise of the contract, with each worker an engine linked to one supervisor."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
-from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred, ensureDeferred, inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial import unittest
 
 from soketify import protocol
@@ -15,23 +15,15 @@ from soketify.cluster import redis as redis_engine
 from soketify.cluster.interfaces import MemberLimitReached
 from soketify.cluster.redis import RedisCluster
 from soketify.config import ClusterConfig, LimitsConfig
-from tests.cluster_contract import APP, GRACE, OTHER_APP, ClusterContract, Node, all_webhooks
+from tests.cluster_contract import (
+    APP, GRACE, OTHER_APP, ClusterContract, Node, NodesOnTheReactor, all_webhooks, wait_until)
 from tests.redis_server import start_redis
 
 NODE_TIMEOUT = 2
 _prefixes = itertools.count(1)
 
 
-async def wait_until(check, what: str, timeout: float = 10.0):
-    """Poll a condition on the real reactor (cluster state arrives over the network), bounded."""
-    deadline = reactor.seconds() + timeout
-    while not check():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await task.deferLater(reactor, 0.02, lambda: None)
-
-
-class RedisNodes:
+class RedisNodes(NodesOnTheReactor):
     """Starts a redis-server for the test and engines (nodes) on it."""
 
     timeout = 60
@@ -58,21 +50,6 @@ class RedisNodes:
         cluster.startService()
         self.addCleanup(lambda: cluster.stopService() if cluster.running else None)
         return node
-
-    async def until_ready(self, node: Node):
-        await wait_until(lambda: node.cluster.ready, "the node to join the cluster")
-        node.number = node.cluster.node_number
-
-    def elapse(self, seconds):
-        return task.deferLater(reactor, seconds, lambda: None)
-
-    @inlineCallbacks
-    def settle(self, nodes):
-        # Each node's round trip ends after everything sent to it before; twice, so that what one
-        # node's round does (claiming webhooks, reaping) reaches the others too.
-        for _ in range(2):
-            for node in {id(n): n for n in nodes}.values():
-                yield node.cluster.sync()
 
 
 class RedisClusterContractTests(RedisNodes, ClusterContract, unittest.TestCase):

@@ -373,7 +373,7 @@ class WorkersTests(unittest.TestCase):
                          os.cpu_count())
         for wrong in (0, -2, True, "all", 1.5):
             self.assertEqual(parse_problems({"apps": [APP], "server": {"workers": wrong}}),
-                             [f"F: server.workers: must be a positive integer or \"auto\""
+                             ["F: server.workers: must be a positive integer or \"auto\""
                               + (f", not {wrong!r}" if isinstance(wrong, float) else "")], wrong)
 
     def test_workers_need_listeners_that_can_share_their_port(self):
