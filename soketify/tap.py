@@ -131,7 +131,7 @@ class SoketifyService(service.MultiService):
                      "production.")
         self.cluster.startService()
         super().startService()
-        if self.webhooks is not None:
+        if self.outbox is not None:  # a worker of the amp engine forwards webhooks instead
             opened = self.outbox.open()
             opened.addCallback(lambda _: self.webhooks.resume())
             opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
@@ -163,7 +163,7 @@ class SoketifyService(service.MultiService):
         # Only once every client is gone: their vacated/member_removed events are decided, not lost.
         stopped.addCallback(lambda _: self.hub.stop())
         stopped.addCallback(lambda _: self.cluster.stopService())
-        if self.webhooks is not None:
+        if self.outbox is not None:
             stopped.addCallback(lambda _: self.webhooks.stop())
         stopped.addCallback(lambda _: service.Service.stopService(self))
         return stopped

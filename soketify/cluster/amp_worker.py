@@ -166,12 +166,17 @@ class AmpCluster(service.Service):
         """Workers stop together with their host: clients leave one by one, as they close."""
 
     def stopService(self):
+        """Close the link once every call sent so far is answered (the last clients' leaves)."""
         super().stopService()
-        link = self.supervision.link
-        if link is not None:
-            self.supervision.closing = True
-            link.transport.loseConnection()
-        return succeed(None)
+        if self.supervision.link is None:
+            return succeed(None)
+        self.supervision.closing = True
+
+        def close(_):
+            link = self.supervision.link
+            if link is not None:
+                link.transport.loseConnection()
+        return self.sync().addBoth(close)
 
     def sync(self) -> Deferred:
         """A round trip through the supervisor (tests use it to let notifications arrive)."""

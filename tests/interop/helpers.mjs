@@ -217,6 +217,27 @@ export function renderConfig({
   return parts.join('\n\n') + '\n';
 }
 
+/**
+ * The pids of the live child processes of `pid` (Linux: read from /proc/<n>/stat), ascending; a
+ * `[server] workers = N` daemon's children are its worker processes. Zombies are left out.
+ */
+export function childPids(pid) {
+  const children = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat;
+    try {
+      stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // ended meanwhile
+    }
+    // "<pid> (<comm>) <state> <ppid> ...": comm may hold spaces and parentheses.
+    const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(ppid) === pid && state !== 'Z') children.push(Number(entry));
+  }
+  return children.sort((a, b) => a - b);
+}
+
 // A detached daemon leads its own process group, so a Ctrl-C in the terminal (SIGINT to the
 // foreground group) does not reach it. Kill the ones still running when this process exits or is
 // interrupted, so none outlives the test run.
