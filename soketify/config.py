@@ -277,6 +277,13 @@ class Config:
     cluster: ClusterConfig = setting(factory=ClusterConfig)
     source: str = "<defaults>"
     is_development_default: bool = False
+    # The parsed TOML it was read from: a supervisor hands it to its workers.
+    document: dict | None = field(default=None, compare=False, repr=False)
+
+    def as_document(self) -> dict:
+        """What ``from_document`` turns back into this config."""
+        return {"document": self.document, "source": self.source,
+                "development": self.is_development_default}
 
 
 # The reader.
@@ -416,7 +423,13 @@ def parse(data: dict[str, Any], source: str = "<dict>") -> Config:
     config = reader.table(Config, data, "")
     if config is None:
         raise ConfigError(reader.problems)
-    return replace(config, source=source)
+    return replace(config, source=source, document=data)
+
+
+def from_document(sent: dict) -> Config:
+    """A config passed on by ``Config.as_document`` (from a supervisor to its workers)."""
+    config = parse(sent["document"], sent["source"])
+    return replace(config, is_development_default=sent["development"])
 
 
 def load(path: str) -> Config:

@@ -60,12 +60,14 @@ class _Families:
         return self._families
 
 
-def add_up(texts: list[str]) -> bytes:
-    """The Prometheus text of several processes as one: samples with the same name and labels are
-    added (connections, webhook events); creation times say nothing about a sum and are left out."""
+def add_up(texts: list[tuple[str, str]]) -> bytes:
+    """The Prometheus text of several processes (``(process name, text)`` pairs) as one. Gauges
+    (connections) are added up; counters keep one series per process (a ``process`` label), since a
+    restarted worker starts its counters again from zero and a sum would seem to go backwards.
+    Creation times are left out."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple, float]] = {}
-    for text in texts:
+    for process, text in texts:
         for family in text_string_to_metric_families(text):
             if family.name.endswith("_created"):
                 continue
@@ -75,7 +77,10 @@ def add_up(texts: list[str]) -> bytes:
                                                         family.type)
                 values[family.name] = {}
             for sample in family.samples:
-                key = (sample.name, tuple(sorted(sample.labels.items())))
+                labels = dict(sample.labels)
+                if family.type == "counter":
+                    labels["process"] = process
+                key = (sample.name, tuple(sorted(labels.items())))
                 values[family.name][key] = values[family.name].get(key, 0) + sample.value
     for name, family in families.items():
         for (sample_name, labels), value in values[name].items():

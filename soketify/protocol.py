@@ -60,7 +60,8 @@ CHANNEL_PREFIXES = (
 )
 
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9_\-=@,.;]+\Z")
-SOCKET_ID = re.compile(r"\d+\.\d+\Z")
+# Ours are "<node>.<n>", each part far shorter than 20 digits.
+SOCKET_ID = re.compile(r"\d{1,20}\.\d{1,20}\Z")
 
 
 def channel_type(name: str) -> str:

@@ -15,16 +15,20 @@ import sys
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from soketify.cluster import amp_commands as cmd
 from soketify.cluster.amp_host import AmpHost
 from soketify.metrics import Metrics
 from soketify.outbox import Outbox
 from soketify.tap import outbox_path
 from soketify.webhooks import Webhooks, treq_post
 from soketify.hub import NoWebhooks
-from soketify.worker import EXIT_LISTEN
+from soketify.worker import EXIT_CONFIG, EXIT_LISTEN
 
 log = Logger()
 
@@ -34,6 +38,18 @@ STABLE_AFTER = 10.0
 RESTART_DELAY_MAX = 30.0
 # Beyond shutdown_timeout, how long a stopping worker may take before it is killed.
 KILL_AFTER_EXTRA = 5.0
+
+
+# The supervisor asks each worker for a round trip this often, and kills one silent for this long.
+LIVENESS_INTERVAL = 2.0
+LIVENESS_TIMEOUT = 10.0
+
+
+def signal_process(process: "WorkerProcess", name: str) -> None:
+    try:
+        process.transport.signalProcess(name)
+    except ProcessExitedAlready:
+        pass  # its end is being reported
 
 
 class WorkerProcess(ProcessProtocol):
@@ -49,9 +65,8 @@ class WorkerProcess(ProcessProtocol):
 
 
 class SupervisorService(service.Service):
-    def __init__(self, config, config_path: str | None, reactor):
+    def __init__(self, config, reactor):
         self.config = config
-        self.config_path = config_path
         self.reactor = reactor
         self.wanted = config.server.worker_count
         self.metrics = Metrics()
@@ -64,7 +79,10 @@ class SupervisorService(service.Service):
                                 delivered=self.metrics.webhook_delivered)
         self.webhooks = webhooks
         self.host = AmpHost(reactor, config.apps, config.limits, config.webhooks.grace, webhooks,
-                            self.wanted, metrics=lambda: succeed(self.metrics.render().decode()))
+                            self.wanted, metrics=lambda: succeed(self.metrics.render().decode()),
+                            worker_config=config.as_document())
+        self._liveness = LoopingCall(self.check_liveness)
+        self._liveness.clock = reactor
         self.processes: dict[int, WorkerProcess] = {}
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, object] = {}
@@ -72,6 +90,11 @@ class SupervisorService(service.Service):
 
     def startService(self):
         super().startService()
+        problem = self.ports_taken()
+        if problem is not None:
+            log.error("{problem}; stopping", problem=problem)
+            self.reactor.callWhenRunning(self.fail)
+            return
         if self.outbox is not None:
             opened = self.outbox.open()
             opened.addCallback(lambda _: self.webhooks.resume())
@@ -81,6 +104,45 @@ class SupervisorService(service.Service):
                  engine=self.config.cluster.engine, listen=", ".join(self.config.server.listen))
         for index in range(self.wanted):
             self.spawn(index)
+        self._liveness.start(LIVENESS_INTERVAL, now=False)
+
+    def ports_taken(self) -> str | None:
+        """Workers bind with SO_REUSEPORT, which would let them join the ports of another Soketify
+        of the same user, splitting clients between two servers that share no state. Binding once
+        without it first fails as a single process does if any port is taken."""
+        for description in self.config.server.listen:
+            failed = []
+            listening = serverFromString(self.reactor, description).listen(Factory())
+            # TCP endpoints answer at once; the probe port closes right away.
+            listening.addCallbacks(lambda port: port.stopListening(),
+                                   lambda failure: failed.append(failure.getErrorMessage()))
+            if failed:
+                return f"Cannot listen on {description}: {failed[0]}"
+        return None
+
+    def fail(self) -> None:
+        """Stop with a status systemd sees (twistd itself always exits 0)."""
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self.reactor.stop()
+
+    def check_liveness(self) -> None:
+        """A worker that stops answering (stuck in a loop, say) still holds its share of the port:
+        after LIVENESS_TIMEOUT without an answer it is killed, and restarted."""
+        now = self.reactor.seconds()
+        for link in list(self.host.links):
+            if link.ping_sent_at is not None:
+                if now - link.ping_sent_at >= LIVENESS_TIMEOUT:
+                    process = self.processes.get(link.index)
+                    log.error("Worker {index} has not answered for {seconds:.0f} s: killing it",
+                              index=link.index, seconds=now - link.ping_sent_at)
+                    if process is not None:
+                        signal_process(process, "KILL")
+                continue
+            link.ping_sent_at = now
+
+            def answered(_, link=link):
+                link.ping_sent_at = None
+            link.callRemote(cmd.Sync).addCallbacks(answered, lambda _: None)
 
     def spawn(self, index: int) -> None:
         self._restarts.pop(index, None)
@@ -89,8 +151,6 @@ class SupervisorService(service.Service):
         self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, self.host.factory())
         ours.close()
         args = [sys.executable, "-m", "soketify.worker", "--index", str(index), "--link-fd", "3"]
-        if self.config_path is not None:
-            args += ["--config", self.config_path]
         process = WorkerProcess(self, index)
         self.reactor.spawnProcess(process, sys.executable, args, env=os.environ,
                                   childFDs={1: 1, 2: 2, 3: theirs.fileno()})
@@ -104,12 +164,10 @@ class SupervisorService(service.Service):
         if self._stopping:
             log.info("Worker {index} stopped ({how})", index=process.index, how=how)
             return
-        if not self.host.ever_served and code == EXIT_LISTEN:
-            # A port that cannot be opened at start-up will not open by retrying: fail like a
-            # single process would, with a status systemd sees (twistd itself always exits 0).
-            log.error("Worker {index} cannot listen; stopping", index=process.index)
-            self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-            self.reactor.stop()
+        if not self.host.ever_served and code in (EXIT_LISTEN, EXIT_CONFIG):
+            # What fails at start-up will not work by retrying: fail like a single process would.
+            log.error("Worker {index} cannot start; stopping", index=process.index)
+            self.fail()
             return
         ran = self.reactor.seconds() - process.started_at
         delay = 0.0 if ran >= STABLE_AFTER else min(
@@ -124,18 +182,20 @@ class SupervisorService(service.Service):
         super().stopService()
         self._stopping = True
         self.host.stopping()
+        if self._liveness.running:
+            self._liveness.stop()
         for call in self._restarts.values():
             if call.active():
                 call.cancel()
         processes = list(self.processes.values())
         for process in processes:
-            process.transport.signalProcess("TERM")
+            signal_process(process, "TERM")
         kill_after = self.config.server.shutdown_timeout + KILL_AFTER_EXTRA
 
         def kill_stragglers():
             for process in list(self.processes.values()):
                 log.warn("Worker {index} did not stop in time: killing it", index=process.index)
-                process.transport.signalProcess("KILL")
+                signal_process(process, "KILL")
         killing = self.reactor.callLater(kill_after, kill_stragglers)
         ended = DeferredList([process.ended for process in processes])
 

@@ -231,7 +231,7 @@ def makeService(options, reactor=None) -> service.IService:
     config = options["loaded"] if "loaded" in options else load_default(options.get("config"))
     if config.server.worker_count > 1:
         from soketify.supervisor import SupervisorService
-        return SupervisorService(config, options.get("config"), reactor)
+        return SupervisorService(config, reactor)
     reactor.callWhenRunning(freeze_startup_objects)
     return SoketifyService(config, reactor)
 

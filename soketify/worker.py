@@ -1,8 +1,8 @@
 """One worker process of a supervisor (``[server] workers``): ``python -m soketify.worker``.
 
-The supervisor starts it with its end of an AMP link as a file descriptor; the worker reads the same
-config file, links up, then opens every listen endpoint itself (SO_REUSEPORT) and serves like a
-single Soketify process. It stops gracefully on SIGTERM, and on its own if the supervisor is gone.
+The supervisor starts it with its end of an AMP link as a file descriptor; the worker links up, takes
+the config the supervisor loaded (never the file as it may be now), then opens every listen endpoint
+itself (SO_REUSEPORT) and serves like a single Soketify process. It stops gracefully on SIGTERM, and on its own if the supervisor is gone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 # Exit statuses the supervisor tells apart.
-EXIT_CONFIG = 2       # the config file could not be read (the supervisor read it a moment ago)
+EXIT_CONFIG = 2       # the supervisor's config was refused (a different version of Soketify?)
 EXIT_LISTEN = 3       # a listen endpoint could not be opened
 
 
@@ -30,7 +30,6 @@ class WorkerRole:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m soketify.worker")
-    parser.add_argument("--config")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--link-fd", type=int, required=True)
     args = parser.parse_args(argv)
@@ -51,21 +50,16 @@ def main(argv=None) -> int:
     from twisted.internet.defer import gatherResults
 
     from soketify.cluster.amp_worker import AmpCluster, Supervision
-    from soketify.config import ConfigError, load_default
+    from soketify.config import ConfigError, from_document
     from soketify.tap import SoketifyService, freeze_startup_objects
 
-    try:
-        config = load_default(args.config)
-    except ConfigError as e:
-        for problem in e.problems:
-            log.error("{problem}", problem=problem)
-        return EXIT_CONFIG
     status = [0]
 
-    def stop():
+    def stop(code: int = 0):
         # Once stopping, a further SIGTERM (the supervisor's, or systemd's to the whole group) has
         # nothing left to start; the supervisor kills a worker that overruns its stop.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        status[0] = status[0] or code
         if reactor.running:
             reactor.stop()
 
@@ -73,22 +67,24 @@ def main(argv=None) -> int:
         log.warn("The supervisor is gone: stopping")
         stop()
 
-    if config.cluster.engine == "local":
-        cluster = AmpCluster(config.apps, args.index, supervisor_gone)
-        supervision = cluster.supervision
-    else:
-        cluster = None
-        supervision = Supervision(args.index, supervisor_gone)
+    supervision = Supervision(args.index, supervisor_gone)
     reactor.adoptStreamConnection(args.link_fd, socket.AF_UNIX, supervision.factory())
     os.close(args.link_fd)
-    server = SoketifyService(config, reactor, worker=WorkerRole(args.index, supervision, cluster))
 
     def cannot_listen(failure):
         log.error("Cannot listen: {why}", why=failure.getErrorMessage())
-        status[0] = EXIT_LISTEN
-        stop()
+        stop(EXIT_LISTEN)
 
     def start(_):
+        # The supervisor's config, as it loaded it: every worker serves the same one.
+        try:
+            config = from_document(supervision.config)
+        except ConfigError as e:
+            for problem in e.problems:
+                log.error("{problem}", problem=problem)
+            return stop(EXIT_CONFIG)
+        cluster = AmpCluster(config.apps, supervision) if config.cluster.engine == "local" else None
+        server = SoketifyService(config, reactor, worker=WorkerRole(args.index, supervision, cluster))
         server.startService()
         reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
         listening = gatherResults([listener.listening for listener in server.listeners],

@@ -14,7 +14,8 @@ from twisted.trial import unittest
 
 from soketify import protocol
 from soketify.cluster.amp_host import AmpHost
-from soketify.cluster.amp_worker import AmpCluster
+from soketify.cluster.amp_worker import AmpCluster, Supervision
+from soketify.cluster.interfaces import ClusterUnavailable
 from soketify.config import LimitsConfig
 from tests.cluster_contract import (
     APP, GRACE, OTHER_APP, ClusterContract, Node, NodesOnTheReactor, all_webhooks, wait_until)
@@ -64,7 +65,7 @@ class AmpNodes(NodesOnTheReactor):
         return ensureDeferred(self._start_nodes(count, **limits))
 
     def start_node(self, index=0) -> Node:
-        cluster = AmpCluster([APP, OTHER_APP], index, on_lost=lambda: None)
+        cluster = AmpCluster([APP, OTHER_APP], Supervision(index, on_lost=lambda: None))
         node = Node(cluster)
         cluster.attach(node.listener)
         cluster.startService()
@@ -104,13 +105,14 @@ class AmpWorkerTests(AmpNodes, unittest.TestCase):
         stats = await a.cluster.channel_stats(APP.id, ["presence-room", "news"])
         self.assertEqual((stats["presence-room"].user_count, stats["news"].subscription_count),
                          (1, 1))
-        self.assertFalse(a.cluster.ready, "fewer workers than wanted: the host does not serve")
+        self.assertTrue(a.cluster.ready, "the other workers go on admitting clients")
+        self.assertFalse(a.cluster.supervision.serving, "but /ready says fewer workers are up")
         await self.elapse(GRACE + 1)
         self.assertEqual(all_webhooks([a], "member_removed"),
                          [{"name": "member_removed", "channel": "presence-room", "user_id": "bob"}])
         c = self.start_node(1)
         await self.until_ready(c)
-        self.assertTrue(a.cluster.ready, "the replacement is up: the host serves again")
+        self.assertTrue(a.cluster.supervision.serving, "the replacement is up: the host serves")
         self.assertNotEqual(c.number, b.number, "a new process gets new socket ids")
 
     def test_values_beyond_the_amp_limit_pass(self):
@@ -138,3 +140,34 @@ class AmpWorkerTests(AmpNodes, unittest.TestCase):
         stats = await b.cluster.channel_stats(APP.id, [f"c-{n:0200d}" for n in range(400)])
         self.assertEqual(len(stats), 400)
         self.assertEqual(json.loads(json.dumps(joined.members))["user-5"], info)
+
+    def test_a_failing_command_is_an_error_for_its_caller_not_for_the_link(self):
+        """A command the supervisor fails to handle (a member id that cannot be encoded) is refused
+        as 'cluster unavailable' to that one caller; it leaves no state behind and the worker's
+        link, and everything else on it, carries on."""
+        return ensureDeferred(self._failing_command())
+
+    async def _failing_command(self):
+        a, b = await self._start_nodes(2)
+        self.flushLoggedErrors()
+        failed = a.cluster.join(APP, "presence-x", a.socket(1), ("bad\ud800", None))
+        await self.assertFailure(failed, ClusterUnavailable)
+        self.assertEqual(len(self.flushLoggedErrors(UnicodeEncodeError)), 1, "logged once, there")
+        stats = await b.cluster.channel_stats(APP.id, ["presence-x"])
+        self.assertFalse(stats["presence-x"].occupied, "the refused member left nothing behind")
+        joined = await a.cluster.join(APP, "presence-x", a.socket(2), ("good", None))
+        self.assertEqual(joined.members, {"good": None})
+        self.assertTrue(a.cluster.ready)
+
+    def test_an_unknown_app_is_refused_without_dropping_the_link(self):
+        """An app the supervisor does not know (a worker out of step with it) is refused per call."""
+        return ensureDeferred(self._unknown_app())
+
+    async def _unknown_app(self):
+        (a,) = await self._start_nodes(1)
+        stranger = replace(APP, id="999")
+        await self.assertFailure(a.cluster.join(stranger, "news", a.socket(1), None),
+                                 ClusterUnavailable)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        joined = await a.cluster.join(APP, "news", a.socket(1), None)
+        self.assertTrue(joined.new)

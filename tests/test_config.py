@@ -4,7 +4,7 @@ import os
 import subprocess
 import tempfile
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from urllib.parse import urlsplit
 
 from twisted.trial import unittest
@@ -388,3 +388,22 @@ class WorkersTests(unittest.TestCase):
                       workers_problem(unix))
         one = parse({"apps": [APP], "server": {"listen": ["unix:/run/s.sock"]}})
         self.assertIsNone(workers_problem(one))
+
+    def test_workers_serve_the_config_their_supervisor_loaded(self):
+        """The supervisor hands its loaded config to each worker (JSON over its link): the worker's
+        copy is the same config, even if the file has changed since."""
+        import json
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "soketify.toml")
+            with open(path, "w") as f:
+                f.write(GOOD)
+            loaded = config.load(path)
+            sent = json.loads(json.dumps(loaded.as_document()))
+            with open(path, "w") as f:
+                f.write("this is no longer TOML")
+            self.assertEqual(config.from_document(sent), loaded)
+            self.assertEqual(config.from_document(sent).source, path)
+        development = replace(config.parse({"apps": [config.DEV_APP]}), is_development_default=True)
+        copy = config.from_document(json.loads(json.dumps(development.as_document())))
+        self.assertTrue(copy.is_development_default)
+        self.assertEqual(copy.apps, development.apps)

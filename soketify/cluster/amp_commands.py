@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 
+from twisted.logger import Logger
 from twisted.protocols import amp
+
+log = Logger()
 
 CHUNK = amp.MAX_VALUE_LENGTH
 
@@ -68,20 +71,25 @@ class BigJson(Big):
         return json.loads(data)
 
 
+# Channel names, user ids, event names and socket ids come from clients, and the limits that bound
+# them are configurable: every text travels as BigText, whatever its length.
 def _text() -> amp.Argument:
-    return amp.Unicode()
+    return BigText()
 
 
 def _optional_text() -> amp.Argument:
-    return amp.Unicode(optional=True)
+    return BigText(optional=True)
 
 
 # -- worker -> supervisor ----------------------------------------------------------------------
 
 class Hello(amp.Command):
-    """A worker's link is up: which node number (the first part of its socket ids) it is."""
+    """A worker's link is up: which node number (the first part of its socket ids) it is, and the
+    config the supervisor loaded (every worker serves that one, even if the file changed since):
+    {"document": the parsed TOML, "source": its path, "development": no file at all}."""
     arguments = [(b"index", amp.Integer())]
-    response = [(b"node_number", amp.Integer()), (b"serving", amp.Boolean())]
+    response = [(b"node_number", amp.Integer()), (b"serving", amp.Boolean()),
+                (b"config", BigJson(optional=True))]
 
 
 class Listening(amp.Command):
@@ -217,8 +225,17 @@ class WorkerMetrics(amp.Command):
     response = [(b"text", BigText())]
 
 
+class HandlerFailed(amp.RemoteAmpError):
+    """A command's handler raised: logged where it happened, answered as an error, link kept."""
+
+    def __init__(self):
+        super().__init__(b"HANDLER_FAILED", "the other side failed to handle the command")
+
+
 class QuietAMP(amp.AMP):
-    """AMP without its info lines at each connection and loss: the supervisor logs what matters."""
+    """AMP for the links of one host. A handler that fails answers with an error and the link stays
+    up (plain AMP drops the link, which would stop a worker and every client on it); no info lines
+    at each connection and loss (the supervisor logs what matters)."""
 
     def makeConnection(self, transport):
         amp.BinaryBoxProtocol.makeConnection(self, transport)
@@ -226,6 +243,22 @@ class QuietAMP(amp.AMP):
     def connectionLost(self, reason):
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None
+
+    def locateResponder(self, name):
+        responder = super().locateResponder(name)
+        if responder is None:
+            return None
+
+        def failed(failure):
+            if not failure.check(amp.RemoteAmpError):
+                log.failure("Handling {command} failed", failure, command=name.decode())
+                raise HandlerFailed()
+            return failure
+        return lambda box: responder(box).addErrback(failed)
+
+    def unhandledError(self, failure):
+        if not failure.check(amp.RemoteAmpError):  # those were logged where they happened
+            log.failure("Error on a link between supervisor and worker", failure)
 
 
 def one_way_box(command: type[amp.Command], **values) -> bytes:

@@ -34,6 +34,7 @@ class WorkerLink(cmd.QuietAMP):
         self.node_number: int | None = None
         self.index: int | None = None
         self.listening = False  # every listen endpoint open: the worker counts as up
+        self.ping_sent_at: float | None = None  # a liveness round trip waiting for its answer
         self.connections: dict[str, int] = {}  # apps with max_connections: open on this worker
 
     def connectionLost(self, reason):
@@ -133,10 +134,12 @@ class AmpHost:
     """Holds the state, answers the workers and tells them what they must hear."""
 
     def __init__(self, clock, apps, limits, grace: float, webhooks, workers_wanted: int = 1,
-                 metrics=None):
+                 metrics=None, worker_config: dict | None = None):
         """``webhooks``: the supervisor's sink (emit, wants, stored); ``metrics()``: Deferred of this
-        process's own Prometheus text, added to the workers'."""
+        process's own Prometheus text, added to the workers'; ``worker_config``: what Hello answers
+        each worker (the config it serves)."""
         self.state = LocalCluster(clock, limits, grace)
+        self.worker_config = worker_config
         self.webhooks = webhooks
         self.workers_wanted = workers_wanted
         self._own_metrics = metrics
@@ -185,19 +188,25 @@ class AmpHost:
         self.links.append(link)
         for app_id in self._counted_apps():
             link.callRemote(cmd.Elsewhere, app_id=app_id, count=self._connections(app_id))
-        return {"node_number": number, "serving": self.serving}
+        return {"node_number": number, "serving": self.serving, "config": self.worker_config}
 
     def link_lost(self, link: WorkerLink) -> None:
         if link not in self.links:
             return
         self.links.remove(link)
-        log.info("Worker {index} (node {node}) is gone: ending its connections' subscriptions",
-                 index=link.index, node=link.node_number)
-        for (app_id, channel), count in self.state.remove_node(link.node_number).items():
-            self._count_changed(link, app_id, channel, count, None)
-        for app_id in link.connections:
-            self.connections_changed(app_id)
-        self.update_serving()
+        try:
+            changed = self.state.remove_node(link.node_number)
+            for (app_id, channel), count in changed.items():
+                self._count_changed(link, app_id, channel, count, None)
+                if count and not protocol.is_presence(channel) and self.webhooks.wants(
+                        app_id, "subscription_count"):
+                    # Each count change has its webhook from where it happened: here.
+                    self.webhooks.emit(app_id, {"name": "subscription_count", "channel": channel,
+                                                "subscription_count": count})
+        finally:
+            for app_id in link.connections:
+                self.connections_changed(app_id)
+            self.update_serving()
 
     def update_serving(self) -> None:
         """The host serves while every wanted worker listens and no stop is under way."""
@@ -306,8 +315,11 @@ class AmpHost:
 
     def metrics(self):
         """Deferred of the host's Prometheus text: every worker's samples and the supervisor's."""
+        def named(text, process):
+            return (process, text)
         texts = [link.callRemote(cmd.WorkerMetrics).addCallbacks(
-            lambda answer: answer["text"], lambda _: "") for link in self.links]
+            lambda answer: answer["text"], lambda _: "").addCallback(named, f"worker-{link.index}")
+            for link in self.links]
         if self._own_metrics is not None:
-            texts.append(self._own_metrics())
+            texts.append(self._own_metrics().addCallback(named, "supervisor"))
         return gatherResults(texts).addCallback(add_up)

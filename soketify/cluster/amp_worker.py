@@ -9,9 +9,11 @@ whether the host serves (every worker up, no stop under way) and the host-wide m
 from __future__ import annotations
 
 from twisted.application import service
+from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols import amp
 from zope.interface import implementer
 
 from soketify.cluster import amp_commands as cmd
@@ -62,12 +64,17 @@ class SupervisorLink(cmd.QuietAMP):
 
     @cmd.Elsewhere.responder
     def elsewhere(self, app_id, count):
-        self.supervision.engine.elsewhere[app_id] = count
+        if self.supervision.engine is not None:  # a Redis node counts through Redis
+            self.supervision.engine.elsewhere[app_id] = count
         return {}
 
     @cmd.Serving.responder
     def serving(self, serving):
         self.supervision.serving = serving
+        return {}
+
+    @cmd.Sync.responder
+    def sync(self):
         return {}
 
     @cmd.WorkerMetrics.responder
@@ -78,10 +85,11 @@ class SupervisorLink(cmd.QuietAMP):
 class Supervision:
     """What a worker knows of its supervisor: the link, whether the host serves, its metrics."""
 
-    def __init__(self, index: int, on_lost, engine: "AmpCluster | None" = None):
+    def __init__(self, index: int, on_lost):
         """``on_lost()`` runs when the supervisor is gone (the worker then stops)."""
         self.index = index
-        self.engine = engine
+        self.engine: AmpCluster | None = None  # set by the amp engine
+        self.config = None  # the supervisor's config, as Hello answers it
         self.link: SupervisorLink | None = None
         self.serving = False
         self.registered = False
@@ -101,14 +109,16 @@ class Supervision:
     def _registered(self, answer) -> None:
         self.node_number = answer["node_number"]
         self.serving = self.serving or answer["serving"]
+        self.config = answer["config"]
         self.registered = True
         waiters, self._ready_waiters = self._ready_waiters, []
         for waiter in waiters:
             waiter.callback(self)
 
     def _refused(self, failure) -> None:
-        log.failure("The supervisor refused this worker", failure)
-        self.link.transport.loseConnection()
+        if self.link is not None:
+            log.failure("The supervisor refused this worker", failure)
+            self.link.transport.loseConnection()
 
     def when_registered(self) -> Deferred:
         if self.registered:
@@ -131,11 +141,21 @@ class Supervision:
     def call(self, command, **arguments) -> Deferred:
         if self.link is None or not self.registered:
             return fail(ClusterUnavailable("no link to the supervisor"))
-        return self.link.callRemote(command, **arguments)
+        asked = self.link.callRemote(command, **arguments)
+        if asked is not None:
+            asked.addErrback(_unavailable)
+        return asked
 
     def host_metrics(self) -> Deferred:
         """Deferred of the Prometheus text of every worker of the host."""
         return self.call(cmd.HostMetrics).addCallback(lambda answer: answer["text"].encode())
+
+
+def _unavailable(failure):
+    """The link closed, or the supervisor failed to handle the call (it logged why): to the node,
+    both mean that the cluster cannot answer now."""
+    failure.trap(error.ConnectionLost, error.ConnectionDone, amp.UnknownRemoteError)
+    raise ClusterUnavailable(failure.getErrorMessage())
 
 
 @implementer(ICluster)
@@ -144,8 +164,9 @@ class AmpCluster(service.Service):
 
     name = "cluster"
 
-    def __init__(self, apps, index: int, on_lost):
-        self.supervision = Supervision(index, on_lost, self)
+    def __init__(self, apps, supervision: Supervision):
+        self.supervision = supervision
+        supervision.engine = self
         self._listener = None
         self._counted = {app.id for app in apps if app.max_connections}
         self._connections = {app_id: 0 for app_id in self._counted}
@@ -153,7 +174,9 @@ class AmpCluster(service.Service):
 
     @property
     def ready(self) -> bool:
-        return self.supervision.registered and self.supervision.serving
+        """Linked to the state. Whether every worker is up only matters to /ready: while one is
+        being restarted, the others go on admitting clients (its own among them)."""
+        return self.supervision.registered
 
     @property
     def node_number(self) -> int | None:

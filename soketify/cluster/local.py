@@ -101,6 +101,10 @@ class LocalCluster(service.Service):
             limit = self._limits.max_presence_members
             if user_id not in state.members and len(state.members) >= limit:
                 return MemberLimitReached(limit)
+        added = None
+        if user_id is not None and user_id not in state.members:
+            # Encoded before anything changes: a member that cannot be announced is not added.
+            added = protocol.member_added(channel, user_id, user_info).encode()
         first = not state.sockets
         channels[channel] = state
         state.sockets[socket_id] = user_id
@@ -110,8 +114,7 @@ class LocalCluster(service.Service):
             existing = state.members.get(user_id)
             if existing is None:
                 state.members[user_id] = [1, user_info]
-                text = protocol.member_added(channel, user_id, user_info)
-                self._listener.deliver(app.id, channel, text.encode(), socket_id)
+                self._listener.deliver(app.id, channel, added, socket_id)
                 self._lifecycle.member_added(app.id, channel, user_id)
             else:
                 existing[0] += 1
