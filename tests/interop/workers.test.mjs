@@ -28,6 +28,8 @@ import path from 'node:path';
 import {
   APP,
   Daemon,
+  RedisServer,
+  redisCluster,
   Inbox,
   PusherJS,
   RawClient,
@@ -150,7 +152,7 @@ function cmdline(pid) {
 function fixture() {
   const f = { daemon: null, receiver: null, stateDir: null, clients: [], raws: [] };
 
-  f.start = async ({ workers, apps = [], webhooks = true }) => {
+  f.start = async ({ workers, apps = [], webhooks = true, cluster = null }) => {
     f.stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-workers-state-'));
     if (webhooks) f.receiver = await WebhookReceiver.start();
     const main = appConfig(webhooks ? { webhooks: [{ url: f.receiver.url(HOOKS) }] } : {});
@@ -160,6 +162,7 @@ function fixture() {
       webhooks: { grace: GRACE_S, batch_window_ms: 20 },
       stateDir: f.stateDir,
       apps: [main, ...apps],
+      cluster,
     });
     // A new TCP connection per request: successive REST calls reach different workers.
     f.sdk = f.daemon.sdk(APP, { agent: new http.Agent({ keepAlive: false }) });
@@ -638,6 +641,7 @@ describe('kill -9 of one of two workers', () => {
   let S; // index of the survivor
   let killedWorker; // its node number (socket id prefix)
   let readyLog; // Promise of [{at, status}] of /ready after the kill
+  let whileDown; // [{at, socketId | error}]: raw clients connected right after the kill
 
   before(async () => {
     await f.start({ workers: 2, webhooks: false }); // webhooks after a kill: see 'webhooks with workers = 2'
@@ -680,6 +684,14 @@ describe('kill -9 of one of two workers', () => {
     K = await withTimeout(Promise.race(raws.map((r, i) => r.closed.then(() => i))), 2000, 'a raw client of the killed worker to be closed');
     S = 1 - K;
     killedWorker = workerOf(js[K]);
+    // New clients while the killed worker is down (the supervisor waits 1 s before restarting a
+    // worker that ran less than 10 s): the surviving worker admits them.
+    whileDown = [];
+    for (let i = 0; i < 5; i += 1) {
+      const at = Date.now() - killedAt;
+      const outcome = await f.raw().then((r) => ({ at, socketId: r.socketId }), (err) => ({ at, error: err.message }));
+      whileDown.push(outcome);
+    }
   });
 
   after(() => f.cleanup());
@@ -700,6 +712,14 @@ describe('kill -9 of one of two workers', () => {
     assert.ok(users.includes(`raw-${'ab'[S]}`) && users.includes(`js-${'ab'[S]}`), `users: ${users}`);
     assert.deepEqual(await f.getJson(`/channels/${publicOf[K]}`), { occupied: false });
     assert.deepEqual(await f.getJson(`/channels/${publicOf[S]}`), { occupied: true });
+  });
+
+  it('while the killed worker is down, the surviving worker goes on admitting new clients', () => {
+    for (const outcome of whileDown) {
+      assert.ok(outcome.socketId, `a client ${outcome.at} ms after the kill was refused: ${outcome.error}`);
+      assert.notEqual(outcome.socketId.split('.')[0], killedWorker);
+    }
+    assert.ok(whileDown[0].at < 1000, `the first client came only ${whileDown[0].at} ms after the kill`);
   });
 
   it('/ready answers 503 while the killed worker is down, and 200 again once the supervisor restarted it (a new child process)', async (t) => {
@@ -762,6 +782,50 @@ describe('kill -9 of one of two workers', () => {
     assert.equal(workers.size, 2, `socket ids: ${clients.map((c) => c.connection.socket_id).join(' ')}`);
     assert.ok(!workers.has(killedWorker), `a connection landed on the killed worker's node ${killedWorker}`);
     for (const c of clients) disconnectPusherJs(c);
+  });
+});
+
+// ====================================================================== engine = "redis"
+
+describe('workers = 2 with engine = "redis": each worker is a node of the Redis cluster', () => {
+  const f = fixture();
+  let redis;
+
+  before(async () => {
+    redis = await RedisServer.start();
+    // An app with max_connections: each worker counts it through Redis, not through its link.
+    await f.start({
+      workers: 2, webhooks: false, apps: [appConfig({ ...LIMITED, max_connections: 50 })],
+      cluster: redisCluster(redis, { prefix: 'workers-redis' }),
+    });
+  });
+
+  after(async () => {
+    await f.cleanup();
+    await redis?.close();
+  });
+
+  it('members on both workers see each other, an event reaches both once, and the app with max_connections admits clients on both workers', async () => {
+    const channel = uniqueName('presence-wk-redis');
+    const members = await onDistinctWorkers(2, (i) => f.member(`redis-${i}`));
+    const inboxes = [];
+    for (const c of members) {
+      const { channel: joined } = await subscribePusherJs(c, channel);
+      const inbox = new Inbox(`events of ${c.connection.socket_id}`);
+      joined.bind('hello', (d) => inbox.push(d));
+      inboxes.push({ joined, inbox });
+    }
+    await pollUntil(() => inboxes.every(({ joined }) => joined.members.count === 2), { what: 'both members on both workers' });
+    await f.sdk.trigger(channel, 'hello', { n: 1 });
+    for (const { inbox } of inboxes) {
+      await inbox.waitFor((d) => d.n === 1, { what: 'the event' });
+      await delay(100);
+      assert.deepEqual(inbox.items, [{ n: 1 }], inbox.label);
+    }
+    const limited = await onDistinctWorkers(2, () => f.raw(LIMITED.key));
+    assert.notEqual(workerOf(limited[0]), workerOf(limited[1]));
+    assert.match(f.daemon.output(), /Starting 2 workers \(engine redis\)/);
+    assert.doesNotMatch(f.daemon.output(), /Traceback|Worker \d+ ended/);
   });
 });
 
