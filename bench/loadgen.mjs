@@ -12,7 +12,9 @@
 //       open N WebSockets (at most C handshakes in flight); a connection is
 //       "open" when its first frame (connection_established) arrives, and
 //       with subscribe it is then subscribed and counted when
-//       subscription_succeeded arrives.
+//       subscription_succeeded arrives.  Replies with `prefixes`: how many of
+//       the connections it opened got a socket id starting with each prefix
+//       (the part before the dot names the server process, e.g. the worker).
 //   {"cmd":"expect","events":E}     reset delivery accounting for seq 0..E-1
 //   {"cmd":"collect","idle_ms":T}   wait until every connection has every event,
 //       or nothing arrived for T ms; report received/lost/dup/bad, first/last
@@ -93,7 +95,7 @@ function openOne(url, subscribe, channel) {
     try {
       ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 60000 });
     } catch (e) { resolve(null); return; }
-    const c = { ws, seen: null };
+    const c = { ws, seen: null, prefix: null };
     let state = 0; // 0 handshaking, 1 established (waiting for subscribed), 2 ready
     const fail = () => { if (state < 2) { state = 3; try { ws.terminate(); } catch (e) { /* */ } resolve(null); } };
     ws.on('error', fail);
@@ -103,6 +105,7 @@ function openOne(url, subscribe, channel) {
       const s = data.toString();
       if (state === 0) {
         if (!s.includes('pusher:connection_established')) { fail(); return; }
+        try { c.prefix = JSON.parse(JSON.parse(s).data).socket_id.split('.')[0]; } catch (e) { /* */ }
         if (!subscribe) { state = 2; resolve(c); return; }
         state = 1;
         ws.send(JSON.stringify({ event: 'pusher:subscribe', data: { channel, auth: '' } }));
@@ -118,19 +121,24 @@ async function connect({ url, n, concurrency = 32, subscribe = false, channel = 
   const t0 = nowUs();
   let next = 0, opened = 0, failed = 0;
   const handshakeUs = [];
+  const prefixes = {};
   async function lane() {
     while (next < n) {
       next++;
       const s = nowUs();
       const c = await openOne(url, subscribe, channel);
-      if (c) { conns.push(c); opened++; handshakeUs.push(nowUs() - s); } else failed++;
+      if (c) {
+        conns.push(c); opened++; handshakeUs.push(nowUs() - s);
+        prefixes[c.prefix] = (prefixes[c.prefix] || 0) + 1;
+      } else failed++;
     }
   }
   await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, n)) }, lane));
   const t1 = nowUs();
   handshakeUs.sort((a, b) => a - b);
   const q = (p) => (handshakeUs.length ? handshakeUs[Math.min(handshakeUs.length - 1, Math.floor(p * handshakeUs.length))] : null);
-  return { opened, failed, t0, t1, open_p50_us: q(0.5), open_p99_us: q(0.99), open_max_us: q(1) };
+  return { opened, failed, t0, t1, open_p50_us: q(0.5), open_p99_us: q(0.99), open_max_us: q(1),
+    prefixes };
 }
 
 function expect({ events }) {
