@@ -36,6 +36,7 @@ import {
   appConfig,
   childPids,
   connectPusherJs,
+  freePort,
   delay,
   disconnectPusherJs,
   pollUntil,
@@ -50,7 +51,7 @@ import {
   watchPusherJs,
   withTimeout,
 } from './helpers.mjs';
-import { WebhookReceiver, webhookProblems } from './webhook_helpers.mjs';
+import { WebhookReceiver, outboxCount, webhookProblems } from './webhook_helpers.mjs';
 
 const GRACE_S = 1;
 const HOOKS = '/workers';
@@ -685,7 +686,10 @@ describe('kill -9 of one of two workers', () => {
     S = 1 - K;
     killedWorker = workerOf(js[K]);
     // New clients while the killed worker is down (the supervisor waits 1 s before restarting a
-    // worker that ran less than 10 s): the surviving worker admits them.
+    // worker that ran less than 10 s): the surviving worker admits them. (A connection the kernel
+    // hashed to the dying worker's port in the instant before its process was gone is reset like
+    // any connection to a dead process; pusher-js retries it. So they start once it is gone.)
+    await pollUntil(() => !alive(victimPid), { interval: 5, what: 'the killed worker to be gone' });
     whileDown = [];
     for (let i = 0; i < 5; i += 1) {
       const at = Date.now() - killedAt;
@@ -782,6 +786,53 @@ describe('kill -9 of one of two workers', () => {
     assert.equal(workers.size, 2, `socket ids: ${clients.map((c) => c.connection.socket_id).join(' ')}`);
     assert.ok(!workers.has(killedWorker), `a connection landed on the killed worker's node ${killedWorker}`);
     for (const c of clients) disconnectPusherJs(c);
+  });
+});
+
+// ====================================================================== the outbox and kill -9
+
+describe('the supervisor\'s webhook outbox survives kill -9 of the whole host', () => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-workers-crash-'));
+  const daemons = [];
+  let receiver;
+  let raw;
+
+  after(async () => {
+    raw?.terminate();
+    for (const d of daemons) await d.stop().catch(() => d.kill9());
+    await receiver?.stop();
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  it('events stored while the receiver is down are sent after SIGKILL of the supervisor and its workers and a restart', async () => {
+    const receiverPort = await freePort(); // nothing listens there until after the crash
+    const url = `http://127.0.0.1:${receiverPort}${HOOKS}`;
+    const start = () => Daemon.start({
+      server: { workers: 2 }, detached: true, stateDir, webhooks: { grace: GRACE_S, batch_window_ms: 20 },
+      apps: [appConfig({ webhooks: [{ url, event_types: ['channel_occupied', 'channel_vacated'] }] })],
+    });
+    const first = await start();
+    daemons.push(first);
+    raw = await RawClient.connect(first);
+    const names = [1, 2, 3].map((i) => uniqueName(`wk-crash-${i}`));
+    for (const name of names) await raw.subscribe(name);
+    raw.send({ event: 'pusher:unsubscribe', data: { channel: names[0] } });
+    const expected = [...names.map((channel) => `channel_occupied ${channel}`), `channel_vacated ${names[0]}`];
+    await pollUntil(() => outboxCount(stateDir) >= expected.length,
+      { timeout: 5000 + GRACE_S * 1000, interval: 100, what: `${expected.length} events in the outbox` });
+
+    const pids = childPids(first.proc.pid);
+    await first.kill9();
+    await pollUntil(() => pids.every((pid) => !fs.existsSync(`/proc/${pid}`)), { what: 'the workers gone too' });
+    assert.equal(outboxCount(stateDir), expected.length, 'every event is still in the outbox');
+
+    receiver = await WebhookReceiver.start({ port: receiverPort });
+    daemons.push(await start());
+    const key = (e) => `${e.name} ${e.channel}`;
+    await pollUntil(() => expected.every((k) => receiver.events(HOOKS).map(key).includes(k)),
+      { timeout: 10000, what: 'every stored event sent after the restart' });
+    for (const w of receiver.webhooks) assert.deepEqual(webhookProblems(w), []);
+    await pollUntil(() => outboxCount(stateDir) === 0, { what: 'an empty outbox' });
   });
 });
 
