@@ -8,6 +8,7 @@ All file work runs on one dedicated thread, off the reactor, in submission order
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from typing import Callable, Iterable
 
@@ -22,6 +23,46 @@ CREATE TABLE IF NOT EXISTS webhook_events (
     event TEXT NOT NULL
 )
 """
+
+
+# The outbox files a state directory may hold: one process's, or one per worker of a Redis cluster.
+OUTBOX_FILE = re.compile(r"webhooks(-worker-\d+)?\.sqlite3\Z")
+
+
+def adopt_strays(state_dir: str, owner: str, used: set[str]) -> int:
+    """Move the events of outbox files the starting configuration does not use (left by another
+    ``workers`` count or engine) into ``owner``, which will send them; then remove those files.
+    Runs before any process of this start opens its outbox. Returns how many events moved."""
+    if not os.path.isdir(state_dir):
+        return 0
+    moved = 0
+    for name in sorted(os.listdir(state_dir)):
+        if not OUTBOX_FILE.match(name) or name in used:
+            continue
+        stray = os.path.join(state_dir, name)
+        source = sqlite3.connect(stray)
+        try:
+            rows = source.execute("SELECT target, event FROM webhook_events ORDER BY id").fetchall()
+        except sqlite3.OperationalError:
+            rows = []  # created but never written
+        finally:
+            source.close()
+        if rows:
+            target = sqlite3.connect(os.path.join(state_dir, owner), isolation_level=None)
+            try:
+                target.execute("PRAGMA journal_mode=WAL")
+                target.execute(SCHEMA)
+                with target:
+                    target.execute("BEGIN")
+                    target.executemany(
+                        "INSERT INTO webhook_events (target, event) VALUES (?, ?)", rows)
+            finally:
+                target.close()
+            moved += len(rows)
+        for leftover in (stray, stray + "-wal", stray + "-shm"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+    return moved
 
 
 class Outbox:

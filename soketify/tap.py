@@ -20,7 +20,7 @@ from soketify.cluster.amp_worker import ForwardedWebhooks
 from soketify.config import Config, ConfigError, load_default
 from soketify.hub import Hub
 from soketify.metrics import Metrics
-from soketify.outbox import Outbox
+from soketify.outbox import Outbox, adopt_strays
 from soketify.rest import RestApi
 from soketify.session import Sessions
 from soketify.listening import REUSABLE_ENDPOINTS, EndpointListener, ReusePortReactor
@@ -200,6 +200,21 @@ def outbox_path(config: Config, worker_index: int | None = None) -> str:
     return os.path.join(config.server.state_dir, name)
 
 
+def adopt_stray_outboxes(config: Config) -> None:
+    """Events waiting in outbox files this start does not use (another ``workers`` count or engine
+    wrote them) move into one it does, so they are sent rather than left behind."""
+    if not any(app.webhooks for app in config.apps):
+        return
+    paths = [outbox_path(config)]
+    if config.server.worker_count > 1 and config.cluster.engine == "redis":
+        paths = [outbox_path(config, index) for index in range(config.server.worker_count)]
+    used = {os.path.basename(path) for path in paths}
+    moved = adopt_strays(config.server.state_dir, os.path.basename(paths[0]), used)
+    if moved:
+        log.info("Moved {count} webhook events from outbox files no longer in use to {path}",
+                 count=moved, path=paths[0])
+
+
 def state_dir_problem(config: Config) -> str | None:
     """Webhooks need a writable state directory for their outbox; say so before anything starts."""
     if not any(app.webhooks for app in config.apps):
@@ -229,6 +244,7 @@ def makeService(options, reactor=None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor
     config = options["loaded"] if "loaded" in options else load_default(options.get("config"))
+    adopt_stray_outboxes(config)
     if config.server.worker_count > 1:
         from soketify.supervisor import SupervisorService
         return SupervisorService(config, reactor)

@@ -344,3 +344,32 @@ class MetricsTests(unittest.TestCase):
         self.assertIn('soketify_connections{app_id="app-id"} 2.0', body)
         self.assertIn('soketify_webhook_events_delivered_total{app_id="app-id"} 1.0', body)
         self.assertIn('soketify_webhook_events_dropped_total{app_id="app-id"} 1.0', body)
+
+
+class StrayOutboxTests(unittest.TestCase):
+    def test_events_of_outbox_files_no_longer_used_move_to_the_one_in_use(self):
+        """After a change of `workers` or engine, events waiting in the old files are moved, in
+        order, into the file that will send them, and the old files are gone."""
+        from soketify.outbox import adopt_strays
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        state = directory.name
+        for name, events in (("webhooks-worker-0.sqlite3", ["a1", "a2"]),
+                             ("webhooks-worker-3.sqlite3", ["b1"]),
+                             ("webhooks.sqlite3", ["c1"])):
+            outbox = synchronous_outbox(os.path.join(state, name))
+            outbox.open()
+            outbox.add([("100 http://x/h", event) for event in events])
+            outbox.close()
+        with open(os.path.join(state, "unrelated.sqlite3"), "w") as f:
+            f.write("not an outbox")
+        moved = adopt_strays(state, "webhooks.sqlite3", {"webhooks.sqlite3"})
+        self.assertEqual(moved, 3)
+        self.assertEqual(sorted(os.listdir(state)), ["unrelated.sqlite3", "webhooks.sqlite3"])
+        outbox = synchronous_outbox(os.path.join(state, "webhooks.sqlite3"))
+        outbox.open()
+        pending = []
+        outbox.pending().addCallback(pending.extend)
+        outbox.close()
+        self.assertEqual([event for _, _, event in pending], ["c1", "a1", "a2", "b1"])
+        self.assertEqual(adopt_strays(state, "webhooks.sqlite3", {"webhooks.sqlite3"}), 0)
