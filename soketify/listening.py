@@ -2,8 +2,8 @@
 
 Each worker opens every ``listen`` endpoint itself with SO_REUSEPORT; the kernel then hashes each new
 connection to one of the workers' sockets. Measured against one socket passed to every worker
-(``bench/spread.py``), this spreads connections evenly (max/min 1.00-1.07 over 2 and 3 workers)
-where a shared socket goes to whichever worker wakes first (max/min up to 4 under bursts).
+(``bench/spread.py``), this spreads connections evenly (max/min 1.00-1.08 over 2 and 3 workers)
+where a shared socket goes to whichever worker wakes first (max/min 1.07-2.35, up to 4 in bursts).
 """
 
 from __future__ import annotations
