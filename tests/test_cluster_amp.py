@@ -101,7 +101,7 @@ class AmpWorkerTests(AmpNodes, unittest.TestCase):
                          [(APP.id, "presence-room", {"user_id": "bob"}, None)])
         self.assertIn((APP.id, "bob", False), a.listener.online)
         self.assertEqual(a.listener.counts[-1], (APP.id, "news", 1, False))
-        self.assertEqual(a.cluster.elsewhere[APP.id], 0, "its connections no longer count")
+        self.assertEqual(a.cluster.supervision.elsewhere[APP.id], 0, "its connections no longer count")
         stats = await a.cluster.channel_stats(APP.id, ["presence-room", "news"])
         self.assertEqual((stats["presence-room"].user_count, stats["news"].subscription_count),
                          (1, 1))
@@ -171,3 +171,26 @@ class AmpWorkerTests(AmpNodes, unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
         joined = await a.cluster.join(APP, "news", a.socket(1), None)
         self.assertTrue(joined.new)
+
+    def test_a_new_worker_knows_the_others_connections_from_the_start(self):
+        """A worker (re)started while others hold connections of an app with max_connections counts
+        them from its first client on: its engine is built after Hello, as in a worker process."""
+        return ensureDeferred(self._new_worker_counts())
+
+    async def _new_worker_counts(self):
+        (a,) = await self._start_nodes(1)
+        self.assertEqual([a.cluster.admit_connection(APP) for _ in range(2)], [True, True])
+        await self.settle([a])
+        supervision = Supervision(1, on_lost=lambda: None)
+        link(self.host, _Bare(supervision))
+        await wait_until(lambda: supervision.registered, "the new worker to register")
+        late = AmpCluster([APP, OTHER_APP], supervision)
+        self.assertEqual([late.admit_connection(APP), late.admit_connection(APP)], [True, False])
+        late.supervision.link.transport.loseConnection()
+
+
+class _Bare:
+    """Just a link, as a worker process has before it builds its engine."""
+
+    def __init__(self, supervision):
+        self.supervision = supervision

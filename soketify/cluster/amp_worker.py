@@ -64,8 +64,8 @@ class SupervisorLink(cmd.QuietAMP):
 
     @cmd.Elsewhere.responder
     def elsewhere(self, app_id, count):
-        if self.supervision.engine is not None:  # a Redis node counts through Redis
-            self.supervision.engine.elsewhere[app_id] = count
+        # Kept by the link: the first counts come with Hello, before the engine exists.
+        self.supervision.elsewhere[app_id] = count
         return {}
 
     @cmd.Serving.responder
@@ -90,6 +90,9 @@ class Supervision:
         self.index = index
         self.engine: AmpCluster | None = None  # set by the amp engine
         self.config = None  # the supervisor's config, as Hello answers it
+        # Connections of apps with max_connections open on the other workers (the amp engine's;
+        # a Redis node counts through Redis).
+        self.elsewhere: dict[str, int] = {}
         self.link: SupervisorLink | None = None
         self.serving = False
         self.registered = False
@@ -170,7 +173,6 @@ class AmpCluster(service.Service):
         self._listener = None
         self._counted = {app.id for app in apps if app.max_connections}
         self._connections = {app_id: 0 for app_id in self._counted}
-        self.elsewhere: dict[str, int] = {}  # connections of counted apps on the other workers
 
     @property
     def ready(self) -> bool:
@@ -211,7 +213,7 @@ class AmpCluster(service.Service):
         if app.id not in self._counted:
             return True
         here = self._connections[app.id]
-        if here + self.elsewhere.get(app.id, 0) >= app.max_connections:
+        if here + self.supervision.elsewhere.get(app.id, 0) >= app.max_connections:
             return False
         self._connections_changed(app.id, here + 1)
         return True
