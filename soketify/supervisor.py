@@ -87,12 +87,13 @@ class SupervisorService(service.Service):
         self._delays: dict[int, float] = {}
         self._restarts: dict[int, object] = {}
         self._stopping = False
+        self._started = False
 
     def startService(self):
         super().startService()
-        problem = self.ports_taken()
-        if problem is not None:
-            log.error("{problem}; stopping", problem=problem)
+        probed = self.probe_ports()
+        if isinstance(probed, str):
+            log.error("{problem}; stopping", problem=probed)
             self.reactor.callWhenRunning(self.fail)
             return
         if self.outbox is not None:
@@ -100,25 +101,33 @@ class SupervisorService(service.Service):
             opened.addCallback(lambda _: self.webhooks.resume())
             opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
         self.host.start()
+        self._started = True
         log.info("Starting {count} workers (engine {engine}) on {listen}", count=self.wanted,
                  engine=self.config.cluster.engine, listen=", ".join(self.config.server.listen))
+        probed.addCallback(lambda _: self.spawn_all())
+
+    def spawn_all(self) -> None:
+        if self._stopping:
+            return
         for index in range(self.wanted):
             self.spawn(index)
         self._liveness.start(LIVENESS_INTERVAL, now=False)
 
-    def ports_taken(self) -> str | None:
+    def probe_ports(self) -> str | Deferred:
         """Workers bind with SO_REUSEPORT, which would let them join the ports of another Soketify
         of the same user, splitting clients between two servers that share no state. Binding once
-        without it first fails as a single process does if any port is taken."""
+        without it first fails as a single process does if a port is taken. Returns what is wrong,
+        or a Deferred that fires once the probes have closed again."""
+        closed = []
         for description in self.config.server.listen:
             failed = []
             listening = serverFromString(self.reactor, description).listen(Factory())
-            # TCP endpoints answer at once; the probe port closes right away.
-            listening.addCallbacks(lambda port: port.stopListening(),
+            # TCP endpoints answer at once.
+            listening.addCallbacks(lambda port: closed.append(port.stopListening()),
                                    lambda failure: failed.append(failure.getErrorMessage()))
             if failed:
                 return f"Cannot listen on {description}: {failed[0]}"
-        return None
+        return DeferredList([d for d in closed if d is not None])
 
     def fail(self) -> None:
         """Stop with a status systemd sees (twistd itself always exits 0)."""
@@ -180,6 +189,8 @@ class SupervisorService(service.Service):
     def stopService(self):
         """Every worker stops gracefully (its clients get 4200), then the state and outbox close."""
         super().stopService()
+        if self._stopping:
+            return None
         self._stopping = True
         self.host.stopping()
         if self._liveness.running:
@@ -202,6 +213,8 @@ class SupervisorService(service.Service):
         def all_ended(_):
             if killing.active():
                 killing.cancel()
+            if not self._started:
+                return None  # a port was taken: nothing had started
             self.host.stop()
             if self.outbox is not None:
                 return self.webhooks.stop()

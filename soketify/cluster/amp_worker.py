@@ -119,8 +119,10 @@ class Supervision:
             waiter.callback(self)
 
     def _refused(self, failure) -> None:
+        if failure.check(error.ConnectionLost, error.ConnectionDone):
+            return  # the supervisor went away: link_lost stops the worker
+        log.failure("The supervisor refused this worker", failure)
         if self.link is not None:
-            log.failure("The supervisor refused this worker", failure)
             self.link.transport.loseConnection()
 
     def when_registered(self) -> Deferred:
