@@ -24,12 +24,16 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 
 import {
   APP,
   Daemon,
+  REPO_ROOT,
   RedisServer,
+  TWISTD,
   redisCluster,
+  renderConfig,
   Inbox,
   PusherJS,
   RawClient,
@@ -270,6 +274,22 @@ describe('workers = 2 (engine local): clients on both workers of one host behave
     // Socket ids are unique across the workers.
     assert.equal(new Set(clients.map((c) => c.connection.socket_id)).size, 20);
     for (const c of clients) disconnectPusherJs(c);
+  });
+
+  it('a second server with workers on the same port refuses to start (exit 1), as one process would, instead of sharing the port', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-second-'));
+    try {
+      const configPath = path.join(dir, 'soketify.toml');
+      fs.writeFileSync(configPath, renderConfig({ port: f.daemon.port, server: { workers: 2 } }));
+      const second = spawnSync(TWISTD, ['-n', '--pidfile=', 'soketify', '--config', configPath],
+        { cwd: REPO_ROOT, encoding: 'utf8', timeout: 20000 });
+      assert.equal(second.status, 1, second.stdout + second.stderr);
+      assert.match(second.stdout, /Cannot listen on tcp:\d+.*Address already in use/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    assert.equal(childPids(f.daemon.proc.pid).length, 2, 'the first server is untouched');
+    assert.equal((await freshGet(f.daemon, '/ready')).status, 200);
   });
 
   it('an event triggered with the Node and Python SDKs reaches the subscribers on both workers once; socket_id exclusion works across workers', async () => {
