@@ -15,6 +15,7 @@ import Echo from 'laravel-echo';
 
 import {
   APP,
+  expectPusherJsRefused,
   Inbox,
   PusherJS,
   RawClient,
@@ -33,7 +34,6 @@ import {
   stopNodes,
   subscribePusherJs,
   uniqueName,
-  watchPusherJs,
   withTimeout,
   signInPusherJs,
   userInbox,
@@ -725,12 +725,7 @@ describe('a cluster of three nodes on one Redis, with clients spread over the no
     assert.equal(error?.data?.code, 4004, `first frame: ${JSON.stringify(third.messages.map((m) => m.raw))}`);
     assert.equal(closed.code, 4004);
 
-    const js = new PusherJS(LIMITED.key, pusherJsOptions(C));
-    clients.push(js);
-    const watch = watchPusherJs(js);
-    await watch.errors.waitFor((e) => pusherJsErrorCode(e) === 4004, { what: 'pusher-js error 4004' });
-    await watch.states.waitFor((s) => s === 'disconnected', { what: 'pusher-js gives up (disconnected)' });
-    assert.ok(!watch.states.items.includes('connected'), `pusher-js states: ${watch.states.items}`);
+    await expectPusherJsRefused(C, LIMITED.key, 4004, clients);
 
     for (const r of [first, second]) {
       await r.sync();

@@ -867,6 +867,21 @@ export function watchPusherJs(client) {
   return { states, errors, messages };
 }
 
+/**
+ * A new pusher-js client of `key` on `daemon` is refused with error `code` and gives up without ever
+ * being connected (over quota: 4004). It is added to `clients` for the caller's cleanup.
+ */
+export async function expectPusherJsRefused(daemon, key, code, clients) {
+  const js = new PusherJS(key, pusherJsOptions(daemon));
+  clients.push(js);
+  const watch = watchPusherJs(js);
+  await watch.errors.waitFor((e) => pusherJsErrorCode(e) === code, { what: `pusher-js error ${code}` });
+  await watch.states.waitFor((s) => s === 'disconnected', { what: 'pusher-js gives up (disconnected)' });
+  if (watch.states.items.includes('connected')) {
+    throw new Error(`pusher-js was connected before being refused: ${watch.states.items}`);
+  }
+}
+
 // ---------------------------------------------------------------- pysher
 
 /**

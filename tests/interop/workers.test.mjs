@@ -28,6 +28,7 @@ import { spawnSync } from 'node:child_process';
 
 import {
   APP,
+  expectPusherJsRefused,
   Daemon,
   REPO_ROOT,
   RedisServer,
@@ -35,7 +36,6 @@ import {
   redisCluster,
   renderConfig,
   Inbox,
-  PusherJS,
   RawClient,
   appConfig,
   childPids,
@@ -45,7 +45,6 @@ import {
   disconnectPusherJs,
   pollUntil,
   pusherJsErrorCode,
-  pusherJsOptions,
   pyOk,
   sdkAuthOptions,
   signInPusherJs,
@@ -527,12 +526,7 @@ describe('workers = 2 (engine local): clients on both workers of one host behave
       assert.equal(error?.data?.code, 4004, `attempt ${i}: ${JSON.stringify(extra.messages.map((m) => m.raw))}`);
       assert.equal(closed.code, 4004, `attempt ${i}`);
     }
-    const js = new PusherJS(LIMITED.key, pusherJsOptions(f.daemon));
-    f.clients.push(js);
-    const watch = watchPusherJs(js);
-    await watch.errors.waitFor((e) => pusherJsErrorCode(e) === 4004, { what: 'pusher-js error 4004' });
-    await watch.states.waitFor((s) => s === 'disconnected', { what: 'pusher-js gives up (disconnected)' });
-    assert.ok(!watch.states.items.includes('connected'), `pusher-js states: ${watch.states.items}`);
+    await expectPusherJsRefused(f.daemon, LIMITED.key, 4004, f.clients);
     for (const r of [first, second]) {
       await r.sync();
       assert.equal(r.close, null, `${r.label} is still connected`);
