@@ -384,6 +384,46 @@ describe('workers = 2 (engine local): clients on both workers of one host behave
     assert.deepEqual(await f.getJson(`/channels/${name}`, { info: 'user_count' }), { occupied: true, user_count: 1 });
   });
 
+  it('the largest values the limits allow cross between workers intact: 10 KB events that escape to 60 KB, a batch of ten, and a presence snapshot of 100 members with 1 KB of user_info each', async () => {
+    const [a, b] = await onDistinctWorkers(2, () => f.raw());
+    const channel = uniqueName('wk-big');
+    for (const r of [a, b]) await r.subscribe(channel);
+    // 10,240 bytes of data (the limit), each a control character JSON escapes to six bytes.
+    const data = '\u0001'.repeat(10240);
+    await f.sdk.trigger(channel, 'big', data);
+    const batch = Array.from({ length: 10 }, (_, i) => ({ channel, name: 'big-batch', data: `${i}`.padEnd(10240, '\u0002') }));
+    await f.sdk.triggerBatch(batch);
+    for (const r of [a, b]) {
+      const single = await r.waitEvent('big', { channel });
+      assert.equal(single.data, data, `${r.label}: the 10 KB event arrived intact`);
+      for (let i = 0; i < 10; i += 1) {
+        const got = await r.waitEvent('big-batch', { channel, pred: (m) => m.data === batch[i].data });
+        assert.equal(got.data.length, 10240);
+      }
+    }
+
+    const presence = uniqueName('presence-wk-big');
+    const info = (n) => ({ n, bio: `${n}`.padEnd(1000, 'é') }); // 1 KB of JSON at most (é is 2 bytes: ~1,000 chars)
+    const trimmed = (n) => {
+      const value = info(n);
+      while (Buffer.byteLength(JSON.stringify(value)) > 1024) value.bio = value.bio.slice(0, -1);
+      return value;
+    };
+    const members = [];
+    for (let n = 0; n < 99; n += 1) {
+      const r = await besides(() => f.raw(), a);
+      await f.rawSubscribe(r, presence, { user_id: `big-${n}`, user_info: trimmed(n) });
+      members.push(r);
+    }
+    const last = await besides(() => f.raw(), b);
+    const joined = await f.rawSubscribe(last, presence, { user_id: 'big-99', user_info: trimmed(99) });
+    const snapshot = joined.data.presence;
+    assert.equal(snapshot.count, 100);
+    assert.equal(Buffer.byteLength(JSON.stringify(snapshot.hash)) > 65535, true, 'the snapshot is larger than one AMP value');
+    for (let n = 0; n < 100; n += 1) assert.deepEqual(snapshot.hash[`big-${n}`], trimmed(n), `member big-${n}`);
+    for (const r of [...members, last]) r.terminate();
+  });
+
   it('cache channels: the last event is replayed to subscribers on both workers; a miss gives pusher:cache_miss on both', async () => {
     const hit = uniqueName('cache-wk-hit');
     await f.sdk.trigger(hit, 'location', { lat: 52.5, lng: 13.4 });
