@@ -13,6 +13,7 @@ from soketify.autobahn_tuning import (
     STATE_OPEN, install_open_state_defaults, is_open, mark_closing, new_traffic_totals, shed_open_state)
 from soketify.cluster.interfaces import IConnection
 from soketify.frames import text_frame
+from soketify.socket_writes import write_now
 
 APP_PATH_PREFIX = "/app/"
 
@@ -133,7 +134,7 @@ class PusherServerProtocol(WebSocketServerProtocol):
                 # abortConnection reports the loss on a later reactor turn, never within this write.
                 self.transport.abortConnection()
                 return
-        self.transport.write(frame)
+        write_now(self.transport, frame)
 
     @property
     def closing(self) -> bool:
