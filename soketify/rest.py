@@ -150,15 +150,18 @@ class RestApi:
     def metrics(self, request):
         if self._metrics is None:
             raise ApiError(404, "Metrics are not enabled")
-        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode())
+        def text(body: bytes) -> bytes:
+            request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode())
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return body
         if self._metrics.host_metrics is None:
-            return self._metrics.render()
+            return text(self._metrics.render())
 
         def unavailable(failure):
             log.warn("Host-wide metrics unavailable: {why}", why=failure.getErrorMessage())
             return _json(request, 503, {"error": "Metrics of the other workers are unavailable"})
         # One of several workers: the answer covers every worker of the host.
-        return self._metrics.host_metrics().addErrback(unavailable)
+        return self._metrics.host_metrics().addCallbacks(text, unavailable)
 
     @app.handle_errors(HTTPException)
     def http_error(self, request, failure):

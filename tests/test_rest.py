@@ -24,6 +24,14 @@ class StatusTests(unittest.TestCase):
         rig.service.stopService()
         self.assertEqual(rig.http("GET", "/ready").status, 503)
 
+    def test_metrics_answer_carries_its_length(self):
+        """/metrics is Prometheus text with a Content-Length (not chunked), like every answer."""
+        response = Rig(self).http("GET", "/metrics")
+        self.assertEqual(response.status, 200)
+        self.assertTrue(response.headers["content-type"].startswith("text/plain"))
+        self.assertEqual(int(response.headers["content-length"]), len(response.body))
+        self.assertIn(b"soketify_connections", response.body)
+
     def test_unknown_route_is_json_404(self):
         """An unknown path answers 404 with a JSON error body."""
         response = Rig(self).http("GET", "/nothing/here")
