@@ -8,7 +8,9 @@ system call. Whatever ``send`` does not take (a full socket buffer), and any err
 Twisted's buffer as before, which keeps the order of bytes, the back-pressure accounting (the push
 producer is paused when the buffer grows) and the detection of a lost connection.
 
-Every Twisted internal this relies on is named here and checked by ``tests/test_socket_writes.py``.
+Every Twisted internal this relies on is named here (``nothing_queued``) and checked by
+``tests/test_socket_writes.py``. ``PusherServerProtocol.write_frame`` inlines ``write_now`` (it
+runs once per delivery).
 """
 
 from __future__ import annotations
@@ -16,18 +18,22 @@ from __future__ import annotations
 from twisted.internet.tcp import Server
 
 
+def nothing_queued(transport) -> bool:
+    """A plain TCP connection with no bytes waiting in Twisted's buffer and no close under way:
+    a frame may be sent at once. Anything else (TLS, test transports) goes through ``write``."""
+    return (transport.__class__ is Server and not transport._tempDataLen
+            and not transport.dataBuffer and not transport.disconnecting)
+
+
 def write_now(transport, data: bytes) -> None:
-    """Write ``data`` to the transport: at once if it is a plain TCP connection with nothing
-    queued, else (TLS, something queued, a close under way) through ``transport.write``."""
-    if (transport.__class__ is not Server or transport._tempDataLen or transport.dataBuffer
-            or transport.disconnecting):
-        transport.write(data)
-        return
-    try:
-        sent = transport.socket.send(data)
-    except OSError:
-        # EAGAIN (the socket buffer is full) or a broken connection: Twisted's own send finds out.
-        transport.write(data)
-        return
-    if sent != len(data):
-        transport.write(data[sent:])
+    """Write ``data``: with one send() at once when nothing is queued, else (and for whatever
+    send() does not take) through ``transport.write``."""
+    if nothing_queued(transport):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN (the socket buffer is full) or a broken connection Twisted finds
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)

@@ -13,7 +13,7 @@ from soketify.autobahn_tuning import (
     STATE_OPEN, install_open_state_defaults, is_open, mark_closing, new_traffic_totals, shed_open_state)
 from soketify.cluster.interfaces import IConnection
 from soketify.frames import text_frame
-from soketify.socket_writes import write_now
+from soketify.socket_writes import nothing_queued
 
 APP_PATH_PREFIX = "/app/"
 
@@ -125,6 +125,16 @@ class PusherServerProtocol(WebSocketServerProtocol):
         """Write prepared frame bytes; never closes synchronously (the hub iterates subscribers)."""
         if self.state != STATE_OPEN:  # is_open(self), inlined: this runs once per delivery
             return
+        transport = self.transport
+        if nothing_queued(transport):
+            # One send() at once (socket_writes explains why); what it does not take is queued.
+            try:
+                sent = transport.socket.send(frame)
+            except OSError:
+                sent = 0  # EAGAIN, or a broken connection that Twisted's own send will find
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
         if self._paused:
             self._unsent_while_paused += len(frame)
             if self._unsent_while_paused > self.factory.max_send_buffer:
@@ -132,9 +142,9 @@ class PusherServerProtocol(WebSocketServerProtocol):
                                socket_id=self.socket_id, limit=self.factory.max_send_buffer)
                 mark_closing(self)
                 # abortConnection reports the loss on a later reactor turn, never within this write.
-                self.transport.abortConnection()
+                transport.abortConnection()
                 return
-        write_now(self.transport, frame)
+        transport.write(frame)
 
     @property
     def closing(self) -> bool:
