@@ -11,6 +11,7 @@ from typing import Mapping
 from urllib.parse import unquote, unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
@@ -282,9 +283,11 @@ class RestApi:
         return {"name": name, "data": data, "channels": list(dict.fromkeys(channels)),
                 "socket_id": socket_id, "info": info}
 
-    async def _event_info(self, app_id: str, event: dict) -> dict:
-        stats = await self.hub.channel_stats(app_id, event["channels"])
-        return {name: self._stats_body(name, stats[name], event["info"]) for name in event["channels"]}
+    def _event_info(self, app_id: str, event: dict):
+        """Deferred of the `info` attributes of each channel of the event."""
+        return self.hub.channel_stats(app_id, event["channels"]).addCallback(
+            lambda stats: {name: self._stats_body(name, stats[name], event["info"])
+                           for name in event["channels"]})
 
     @staticmethod
     def _stats_body(name: str, stats, attributes) -> dict:
@@ -296,7 +299,8 @@ class RestApi:
         return body
 
     @app.route("/apps/<string:app_id>/events", methods=["POST"])
-    async def events(self, request, app_id):
+    def events(self, request, app_id):
+        # Not a coroutine: a trigger without `info` (nearly all of them) is answered at once.
         api = self._authenticate(request, app_id)
         event = self._event(api.json_object(), "event", batch=False)
         self._require_cluster()
@@ -304,10 +308,11 @@ class RestApi:
                          event["socket_id"])
         if not event["info"]:
             return _json(request, 200, {})
-        return _json(request, 200, {"channels": await self._event_info(api.app.id, event)})
+        return self._event_info(api.app.id, event).addCallback(
+            lambda info: _json(request, 200, {"channels": info}))
 
     @app.route("/apps/<string:app_id>/batch_events", methods=["POST"])
-    async def batch_events(self, request, app_id):
+    def batch_events(self, request, app_id):
         api = self._authenticate(request, app_id)
         batch = api.json_object().get("batch")
         if not isinstance(batch, list) or not batch:
@@ -322,9 +327,12 @@ class RestApi:
                              event["socket_id"])
         if not any(event["info"] for event in events):
             return _json(request, 200, {})
+        return ensureDeferred(self._batch_info(request, api.app.id, events))
+
+    async def _batch_info(self, request, app_id: str, events) -> bytes:
         answers = []
         for event in events:
-            info = await self._event_info(api.app.id, event) if event["info"] else {}
+            info = await self._event_info(app_id, event) if event["info"] else {}
             answers.append(info.get(event["channels"][0], {}))
         return _json(request, 200, {"batch": answers})
 
