@@ -21,10 +21,12 @@
 //       receive time and a latency histogram
 //   {"cmd":"close"}                 terminate every connection
 //   {"cmd":"publish",...}           trigger E events over HTTP (see publish())
-//   {"cmd":"rest",...}              REST trigger requests/s (see rest())
+//   {"cmd":"rest",...}              REST trigger requests/s, latency, Content-Length of JSON
+//                                   answers (see rest())
 //   {"cmd":"join","url":U,"users":[ids],"concurrency":C,"channel":"presence-bench","key":K,"secret":S}
 //       one connection per user id, each joining the presence channel (signed as an auth endpoint
-//       would); replies with {joined: [[user, sent us, subscription_succeeded us], ...]}
+//       would); replies with {joined: [[user, sent us, subscription_succeeded us], ...], failed,
+//       frames_after_join: frames the joined members got since (member_added of later joins)}
 //   {"cmd":"watch","url":U,"user":ID,"channel":...,"key":K,"secret":S}
 //       one member that records when each member_added arrives
 //   {"cmd":"watched"}              {seen: {user: receive time us}} of every watcher
@@ -169,15 +171,29 @@ async function collect({ idle_ms = 5000 }) {
 
 // ---------------------------------------------------------------- presence
 const members = [];        // WebSockets of joined presence members and watchers
+let presenceFrames = 0;    // frames received by joined members after their subscription_succeeded
+const joinErrors = [];     // a few reasons why joins failed
 const watchers = [];       // {seen: Map(user -> receive time us)}
 
 function joinPresence(url, channel, key, secret, user, onFrame) {
   return new Promise((resolve) => {
     const ws = new WebSocket(url, { perMessageDeflate: false, handshakeTimeout: 60000 });
-    let sent = 0;
-    ws.on('error', () => resolve(null));
-    ws.on('close', () => resolve(null));
+    let sent = 0, joined = false;
+    // refused (subscription_error, e.g. a member limit), or no answer within 30 s: not joined
+    const refuse = (why) => {
+      if (joined) return;
+      clearTimeout(timer);
+      if (why && joinErrors.length < 3) joinErrors.push(why);
+      try { ws.terminate(); } catch (e) { /* */ }
+      resolve(null);
+    };
+    const timer = setTimeout(() => refuse(`${user}: no subscription_succeeded within 30 s`), 30000);
+    ws.on('error', (e) => refuse(`${user}: ${e}`));
+    ws.on('close', () => refuse(null));
     ws.on('message', (raw) => {
+      // A joined member that watches nothing only counts what it gets (member_added of later
+      // joins): parsing each of those frames would make the generator, not the server, the limit.
+      if (joined && !onFrame) { presenceFrames++; return; }
       const frame = JSON.parse(raw.toString());
       if (frame.event === 'pusher:connection_established') {
         const socketId = JSON.parse(frame.data).socket_id;
@@ -188,8 +204,12 @@ function joinPresence(url, channel, key, secret, user, onFrame) {
         ws.send(JSON.stringify({ event: 'pusher:subscribe',
           data: { channel, auth: `${key}:${signature}`, channel_data: channelData } }));
       } else if (frame.event === 'pusher_internal:subscription_succeeded') {
+        joined = true;
+        clearTimeout(timer);
         members.push(ws);
         resolve([user, sent, nowUs()]);
+      } else if (!joined && (frame.event === 'pusher:subscription_error' || frame.event === 'pusher:error')) {
+        refuse(`${user}: ${raw.toString().slice(0, 200)}`);
       } else if (onFrame) {
         onFrame(frame);
       }
@@ -207,7 +227,8 @@ async function join({ url, users, concurrency = 16, channel = 'presence-bench', 
     }
   }
   await Promise.all(Array.from({ length: Math.min(concurrency, users.length) }, lane));
-  return { joined };
+  return { joined, failed: users.length - joined.length, frames_after_join: presenceFrames,
+    errors: joinErrors.splice(0) };
 }
 
 async function watch({ url, user, channel = 'presence-bench', key, secret }) {
@@ -227,6 +248,7 @@ async function closeAll() {
   for (const ws of members) ws.terminate();
   members.length = 0;
   watchers.length = 0;
+  presenceFrames = 0;
   const n = conns.length;
   const waits = conns.map((c) => new Promise((r) => {
     if (c.ws.readyState === WebSocket.CLOSED) { r(); return; }
@@ -261,7 +283,7 @@ function post(agent, port, path, body) {
       let text = '';
       res.setEncoding('utf8');
       res.on('data', (d) => { text += d; });
-      res.on('end', () => resolve({ status: res.statusCode, text }));
+      res.on('end', () => resolve({ status: res.statusCode, text, headers: res.headers }));
     });
     req.on('error', (e) => resolve({ status: 0, text: String(e) }));
     req.end(body);
@@ -270,11 +292,22 @@ function post(agent, port, path, body) {
 
 // target: {"kind":"floor","port":P} -> POST /pub ;
 //         {"kind":"pusher","port":P,"app_id","key","secret"} -> signed POST /apps/{id}/events
-function makeTrigger(target, inflight) {
+// With `reuse`, a body sent again within the same second reuses its signed path (the signature
+// only changes with auth_timestamp, in seconds): the REST scenario sends one body over and over,
+// and signing it each time would be load-generator work that is not the server's.
+function makeTrigger(target, inflight, reuse = false) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: inflight });
+  let memo = { body: null, second: -1, path: null };
   return (body) => {
-    const path = target.kind === 'floor' ? '/pub'
-      : signedPath(target.app_id, target.key, target.secret, body);
+    let path;
+    if (target.kind === 'floor') path = '/pub';
+    else if (reuse) {
+      const second = Math.floor(Date.now() / 1000);
+      if (memo.body !== body || memo.second !== second) {
+        memo = { body, second, path: signedPath(target.app_id, target.key, target.secret, body) };
+      }
+      path = memo.path;
+    } else path = signedPath(target.app_id, target.key, target.secret, body);
     return post(agent, target.port, path, body);
   };
 }
@@ -310,10 +343,14 @@ async function publish({ target, events, inflight = 2, rate = 0, size = 128, cha
 // REST trigger throughput: `requests` signed POSTs with `concurrency` keep-alive
 // connections, to a channel nobody subscribes to.
 async function rest({ target, requests, concurrency = 16, size = 128, channel = 'rest-bench', name = 'e' }) {
-  const trigger = makeTrigger(target, concurrency);
+  const trigger = makeTrigger(target, concurrency, true);
   const data = JSON.stringify({ p: 'x'.repeat(Math.max(0, size - 8)) });
   const body = JSON.stringify({ name, channels: [channel], data });
   let next = 0, accepted = 0, errors = 0;
+  // JSON answers (content-type says json, or the body parses as JSON), and how many of them
+  // carried a Content-Length header (the others went out chunked or close-delimited)
+  let jsonAnswers = 0, jsonWithLength = 0, chunked = 0;
+  let headerSample = null;
   const errorSamples = [];
   const lat = [];
   const t0 = nowUs();
@@ -325,12 +362,22 @@ async function rest({ target, requests, concurrency = 16, size = 128, channel = 
       lat.push(nowUs() - s);
       if (r.status === 200) accepted++;
       else { errors++; if (errorSamples.length < 3) errorSamples.push(`${r.status} ${r.text.slice(0, 200)}`); }
+      const h = r.headers || {};
+      let isJson = (h['content-type'] || '').includes('json');
+      if (!isJson) { try { JSON.parse(r.text); isJson = r.text.length > 0; } catch (e) { /* not JSON */ } }
+      if (isJson) {
+        jsonAnswers++;
+        if (h['content-length'] !== undefined) jsonWithLength++;
+        if (headerSample === null) headerSample = h;
+      }
+      if ((h['transfer-encoding'] || '').includes('chunked')) chunked++;
     }
   }
   await Promise.all(Array.from({ length: concurrency }, lane));
   const t1 = nowUs();
   lat.sort((a, b) => a - b);
   return { accepted, errors, error_samples: errorSamples, t0, t1,
+    json_answers: jsonAnswers, json_with_length: jsonWithLength, chunked, header_sample: headerSample,
     p50_us: lat[Math.floor(lat.length * 0.5)], p99_us: lat[Math.floor(lat.length * 0.99)] };
 }
 
