@@ -513,6 +513,13 @@ def loadgen_utils(after, before):
     return [(a["cpu"] - b["cpu"]) / (a["now"] - b["now"]) for a, b in zip(after, before)]
 
 
+def cpu_utils(m, wall, after, before) -> dict:
+    """The cores each side used during a scenario: server, each load generator, everything else."""
+    return {"server_cpu_util": m["server_cpu_s"] / wall,
+            "loadgen_cpu_util": loadgen_utils(after, before),
+            "other_cpu_util": m["other_cpu_util"]}
+
+
 async def idle_rss(pid, rss0, wait_s):
     """RSS of a server holding idle connections: (first plateau, final value, samples).
 
@@ -585,9 +592,7 @@ async def scenario_connect(server, subs, prof, sc):
         "baseline_wait_s": baseline_wait, "baseline_released": baseline_drop,
         "rss_before_kb": rss0, "rss_after_kb": rss1,
         "open_p99_ms": r["open_p99_ms"], "open_max_ms": r["open_max_ms"],
-        "server_cpu_util": m["server_cpu_s"] / wall,
-        "loadgen_cpu_util": loadgen_utils(after, before),
-        "other_cpu_util": m["other_cpu_util"],
+        **cpu_utils(m, wall, after, before),
     }
     log(f"  {server.name} connect {n}: {res['conns_per_s']:.0f}/s, {res['cpu_us_per_conn']:.0f} us CPU/conn, "
         f"{res['kb_per_conn']:.2f} KB/conn (first plateau {res['kb_per_conn_plateau']:.2f}"
@@ -631,9 +636,7 @@ async def scenario_fanout(server, subs, pub, prof, sc):
         "latency_p50_ms": pct[0.5] / 1e3 if pct[0.5] is not None else None,
         "latency_p99_ms": pct[0.99] / 1e3 if pct[0.99] is not None else None,
         "cpu_us_per_delivery": m["server_cpu_s"] * 1e6 / max(1, received),
-        "server_cpu_util": m["server_cpu_s"] / m["wall_s"],
-        "loadgen_cpu_util": loadgen_utils(after, before),
-        "other_cpu_util": m["other_cpu_util"],
+        **cpu_utils(m, m["wall_s"], after, before),
     }
     if p["errors"]:
         log(f"  publish errors: {p['errors']} e.g. {p['error_samples']}")
@@ -698,9 +701,7 @@ async def scenario_presence(server, subs, prof, sc, channel="presence-bench"):
         "join_p50_ms": pick(0.5), "join_p99_ms": pick(0.99),
         "frames_after_join": sum(r["frames_after_join"] for r in replies),
         "join_errors": [e for r in replies for e in r.get("errors", [])][:3],
-        "server_cpu_util": m["server_cpu_s"] / m["wall_s"],
-        "loadgen_cpu_util": loadgen_utils(after, before),
-        "other_cpu_util": m["other_cpu_util"],
+        **cpu_utils(m, m["wall_s"], after, before),
     }
     if res["failed"]:
         log(f"  {server.name} presence: {res['failed']} joins failed, e.g. {res['join_errors']}")
