@@ -605,6 +605,12 @@ def best(runs, key, pick=min):
     return pick(r[key] for r in runs)
 
 
+def paired(rows, left, right):
+    """(label, mode, key, left best, right best) for each (label, mode, key, pick) row."""
+    for label, mode, key, pick in rows:
+        yield label, mode, key, pick(r[mode][key] for r in left), pick(r[mode][key] for r in right)
+
+
 def report(results):
     lines = []
     cost = results.get("cost")
@@ -623,14 +629,13 @@ def report(results):
     if cross:
         lines += ["", "| cross-node fan-out, 1,000 subscribers | one local node | two Redis nodes | difference | target |",
                   "|---|---:|---:|---:|---|"]
-        for label, mode, key, pick in (
+        for label, mode, key, one, two in paired((
                 ("paced 20 events/s: latency p50 (ms)", "paced", "p50_ms", min),
                 ("paced 20 events/s: latency p99 (ms)", "paced", "p99_ms", min),
                 ("paced: server CPU per delivery, all nodes (us)", "paced", "cpu_us_per_delivery", min),
                 ("saturated: deliveries/s", "saturated", "deliveries_per_s", max),
-                ("saturated: latency p99 (ms)", "saturated", "p99_ms", min)):
-            one = pick(r[mode][key] for r in cross["one node"])
-            two = pick(r[mode][key] for r in cross["two nodes"])
+                ("saturated: latency p99 (ms)", "saturated", "p99_ms", min)),
+                cross["one node"], cross["two nodes"]):
             target = "<= +5 ms" if key == "p99_ms" and mode == "paced" else ""
             lines.append(f"| {label} | {one:,.2f} | {two:,.2f} | {two - one:+,.2f} | {target} |")
         problems = sum(r[m]["lost"] + r[m]["dup"] for runs in cross.values() for r in runs
@@ -648,14 +653,13 @@ def report(results):
     if peer:
         lines += ["", "| two nodes on Redis, 1,000 subscribers | Soketify | Soketi 1.6.1 | ratio |",
                   "|---|---:|---:|---:|"]
-        for label, mode, key, pick in (
+        for label, _, _, ours, theirs in paired((
                 ("paced 20 events/s: latency p50 (ms)", "paced", "p50_ms", min),
                 ("paced 20 events/s: latency p99 (ms)", "paced", "p99_ms", min),
                 ("paced: server CPU per delivery, both nodes (us)", "paced", "cpu_us_per_delivery", min),
                 ("saturated: deliveries/s", "saturated", "deliveries_per_s", max),
-                ("saturated: server CPU per delivery (us)", "saturated", "cpu_us_per_delivery", min)):
-            ours = pick(r[mode][key] for r in peer["soketify"])
-            theirs = pick(r[mode][key] for r in peer["soketi"])
+                ("saturated: server CPU per delivery (us)", "saturated", "cpu_us_per_delivery", min)),
+                peer["soketify"], peer["soketi"]):
             lines.append(f"| {label} | {ours:,.2f} | {theirs:,.2f} | {ours / theirs:.2f}x |")
         for key, label in (("joins_per_s", "presence, 1,000 joins: joins/s"),
                            ("agree_p99_ms", "presence: member lists agree, p99 (ms)"),
@@ -669,15 +673,14 @@ def report(results):
     single = results.get("single")
     if single:
         lines += ["", "| one node, 1,000 subscribers | Soketify | Soketi 1.6.1 | ratio |", "|---|---:|---:|---:|"]
-        for label, mode, key, pick in (
+        for label, _, _, ours, theirs in paired((
                 ("connect 5,000: server CPU per connection (us)", "connect", "cpu_us_per_conn", min),
                 ("connect 5,000: memory per idle connection (KB)", "connect", "kb_per_conn", min),
                 ("paced 20 events/s: latency p50 (ms)", "paced", "p50_ms", min),
                 ("paced 20 events/s: latency p99 (ms)", "paced", "p99_ms", min),
                 ("paced: server CPU per delivery (us)", "paced", "cpu_us_per_delivery", min),
-                ("saturated: deliveries/s", "saturated", "deliveries_per_s", max)):
-            ours = pick(r[mode][key] for r in single["soketify"])
-            theirs = pick(r[mode][key] for r in single["soketi"])
+                ("saturated: deliveries/s", "saturated", "deliveries_per_s", max)),
+                single["soketify"], single["soketi"]):
             lines.append(f"| {label} | {ours:,.2f} | {theirs:,.2f} | {ours / theirs:.2f}x |")
     if results.get("workers"):
         lines += report_workers(results["workers"])
