@@ -488,17 +488,23 @@ class OldRedis(protocol.Protocol):
         self.transport.write(b"-ERR unknown command 'HELLO'\r\n")
 
 
+def fake_server(test, protocol_class):
+    """A loopback server speaking ``protocol_class`` that counts its connections: (factory, URL)."""
+    factory = protocol.Factory.forProtocol(protocol_class)
+    factory.connections = 0
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    test.addCleanup(port.stopListening)
+    return factory, f"redis://127.0.0.1:{port.getHost().port}"
+
+
 class HandshakeRefusalTests(unittest.TestCase):
     timeout = 30
 
     async def test_server_without_hello_is_logged_once_and_retried_with_back_off(self):
         """A server that refuses HELLO is logged once with the reason, and retried with growing delays."""
-        factory = protocol.Factory.forProtocol(OldRedis)
-        factory.connections = 0
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
+        factory, url = fake_server(self, OldRedis)
         owner = Owner()
-        client = owner.client(f"redis://127.0.0.1:{port.getHost().port}")
+        client = owner.client(url)
         with capturedLogs() as events:
             client.startService()
             started = reactor.seconds()
@@ -529,12 +535,9 @@ class HandshakeTimeoutTests(unittest.TestCase):
         """A connection whose handshake gets no answer is closed after the timeout and tried again."""
         from soketify.cluster import redis_client
         self.patch(redis_client, "HANDSHAKE_TIMEOUT", 0.2)
-        factory = protocol.Factory.forProtocol(SilentServer)
-        factory.connections = 0
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
+        factory, url = fake_server(self, SilentServer)
         owner = Owner()
-        client = owner.client(f"redis://127.0.0.1:{port.getHost().port}")
+        client = owner.client(url)
         client.startService()
         started = reactor.seconds()
         while factory.connections < 3:
