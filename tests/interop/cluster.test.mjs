@@ -15,6 +15,8 @@ import Echo from 'laravel-echo';
 
 import {
   APP,
+  byId,
+  count,
   expectPusherJsRefused,
   Inbox,
   PusherJS,
@@ -38,7 +40,7 @@ import {
   signInPusherJs,
   userInbox,
 } from './helpers.mjs';
-import { WebhookReceiver, webhookProblems } from './webhook_helpers.mjs';
+import { isHook, WebhookReceiver, webhookProblems } from './webhook_helpers.mjs';
 
 const GRACE_S = 1;
 const NODE_TIMEOUT_S = 2;
@@ -48,8 +50,6 @@ const HOOKS = '/cluster';
 // client_event are other matters).
 const LIFECYCLE = ['channel_occupied', 'channel_vacated', 'member_added', 'member_removed'];
 
-const byId = (list) => [...list].sort((x, y) => String(x.id).localeCompare(String(y.id)));
-const count = (items, pred) => items.filter(pred).length;
 
 describe('a cluster of three nodes on one Redis, with clients spread over the nodes', () => {
   let redis;
@@ -160,9 +160,6 @@ describe('a cluster of three nodes on one Redis, with clients spread over the no
   }
 
   // ------------------------------------------------------------------ webhook barriers
-
-  const isHook = (name, channel, userId) => (e) =>
-    e.name === name && e.channel === channel && (userId === undefined || e.user_id === userId);
 
   function assertValid(webhook) {
     assert.deepEqual(webhookProblems(webhook), [], `webhook #${webhook.seq}: ${webhook.body}`);

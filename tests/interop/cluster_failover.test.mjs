@@ -10,6 +10,8 @@ import assert from 'node:assert/strict';
 
 import {
   Daemon,
+  byId,
+  count,
   Inbox,
   RawClient,
   RedisServer,
@@ -27,15 +29,11 @@ import {
   uniqueName,
   watchPusherJs,
 } from './helpers.mjs';
-import { WebhookReceiver, webhookProblems } from './webhook_helpers.mjs';
+import { isHook, webhookProblems, WebhookReceiver } from './webhook_helpers.mjs';
 
 const HOOKS = '/failover';
 const LIFECYCLE = ['channel_occupied', 'channel_vacated', 'member_added', 'member_removed'];
 
-const byId = (list) => [...list].sort((x, y) => String(x.id).localeCompare(String(y.id)));
-const count = (items, pred) => items.filter(pred).length;
-const isHook = (name, channel, userId) => (e) =>
-  e.name === name && e.channel === channel && (userId === undefined || e.user_id === userId);
 
 /** What the tests of one describe share: redis, receiver, nodes and every client to clean up. */
 function fixture() {

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 
 import {
   APP,
+  byId,
   Daemon,
   Inbox,
   RawClient,
@@ -28,7 +29,6 @@ import {
   watchPusherJs,
 } from './helpers.mjs';
 
-const byId = (list) => [...list].sort((x, y) => String(x.id).localeCompare(String(y.id)));
 
 describe('Redis restarted (empty) under live traffic', () => {
   const NODE_TIMEOUT_S = 2;

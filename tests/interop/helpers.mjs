@@ -794,6 +794,12 @@ export function pusherJsErrorCode(err) {
 
 /** A name unique within this process, usable as a channel name. */
 let counter = 0;
+/** Items with an `id` (members, users), sorted by it: for comparisons that ignore order. */
+export const byId = (list) => [...list].sort((x, y) => String(x.id).localeCompare(String(y.id)));
+
+/** How many items match `pred`. */
+export const count = (items, pred) => items.filter(pred).length;
+
 export function uniqueName(prefix) {
   counter += 1;
   return `${prefix}-${process.pid}-${counter}`;

@@ -116,6 +116,10 @@ function nodeHeaders(headers) {
  * with `valid_node` added (the Node SDK's verdict); `fail` ({path: N}) answers the first N
  * requests to a path with 500.
  */
+/** A predicate for webhook events of this name and channel (and user, if given). */
+export const isHook = (name, channel, userId) => (e) =>
+  e.name === name && e.channel === channel && (userId === undefined || e.user_id === userId);
+
 export class WebhookReceiver {
   static async start({ port = 0, app = APP, fail = {} } = {}) {
     const receiver = new WebhookReceiver(port, app, fail);

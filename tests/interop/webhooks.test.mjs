@@ -12,6 +12,7 @@ import path from 'node:path';
 
 import {
   APP,
+  count,
   RawClient,
   connectPusherJs,
   freePort,
@@ -36,7 +37,6 @@ const appEntry = (webhooks, app = APP) => ({ id: app.id, key: app.key, secret: a
 
 /** Names of events for `channel` in a list of events. */
 const namesFor = (events, channel) => events.filter((e) => e.channel === channel).map((e) => e.name);
-const count = (events, pred) => events.filter(pred).length;
 
 function assertValid(webhook, app = APP) {
   assert.deepEqual(webhookProblems(webhook, app), [], `webhook #${webhook.seq} to ${webhook.path}: ${webhook.body}`);

@@ -28,6 +28,8 @@ import { spawnSync } from 'node:child_process';
 
 import {
   APP,
+  byId,
+  count,
   expectPusherJsRefused,
   Daemon,
   REPO_ROOT,
@@ -54,7 +56,7 @@ import {
   watchPusherJs,
   withTimeout,
 } from './helpers.mjs';
-import { WebhookReceiver, outboxCount, webhookProblems } from './webhook_helpers.mjs';
+import { isHook, outboxCount, webhookProblems, WebhookReceiver } from './webhook_helpers.mjs';
 
 const GRACE_S = 1;
 const HOOKS = '/workers';
@@ -70,10 +72,6 @@ const METERED = Object.freeze({ id: '100043', key: 'metered-key', secret: 'meter
 // workers, (2/3)^40 < 1e-7 with three.
 const MAX_TRIES = 40;
 
-const byId = (list) => [...list].sort((x, y) => String(x.id).localeCompare(String(y.id)));
-const count = (items, pred) => items.filter(pred).length;
-const isHook = (name, channel, userId) => (e) =>
-  e.name === name && e.channel === channel && (userId === undefined || e.user_id === userId);
 
 /** The worker a pusher-js or raw client is connected to: the node part of its socket id. */
 function workerOf(c) {
