@@ -8,9 +8,8 @@ system call. Whatever ``send`` does not take (a full socket buffer), and any err
 Twisted's buffer as before, which keeps the order of bytes, the back-pressure accounting (the push
 producer is paused when the buffer grows) and the detection of a lost connection.
 
-Every Twisted internal this relies on is named here (``nothing_queued``) and checked by
-``tests/test_socket_writes.py``. ``PusherServerProtocol.write_frame`` inlines ``write_now`` (it
-runs once per delivery).
+Every Twisted internal this relies on is named here (``send_now``) and checked by
+``tests/test_socket_writes.py``; ``PusherServerProtocol.write_frame`` writes with ``send_now``.
 """
 
 from __future__ import annotations
@@ -18,22 +17,15 @@ from __future__ import annotations
 from twisted.internet.tcp import Server
 
 
-def nothing_queued(transport) -> bool:
-    """A plain TCP connection with no bytes waiting in Twisted's buffer and no close under way:
-    a frame may be sent at once. Anything else (TLS, test transports) goes through ``write``."""
-    return (transport.__class__ is Server and not transport._tempDataLen
-            and not transport.dataBuffer and not transport.disconnecting)
-
-
-def write_now(transport, data: bytes) -> None:
-    """Write ``data``: with one send() at once when nothing is queued, else (and for whatever
-    send() does not take) through ``transport.write``."""
-    if nothing_queued(transport):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0  # EAGAIN (the socket buffer is full) or a broken connection Twisted finds
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
+def send_now(transport, data: bytes) -> bytes:
+    """Send what the socket takes at once if ``transport`` is a plain TCP connection with nothing
+    queued in Twisted's buffer and no close under way; return the rest (empty when all went), which
+    the caller hands to ``transport.write``. TLS and test transports get everything back."""
+    if (transport.__class__ is not Server or transport._tempDataLen or transport.dataBuffer
+            or transport.disconnecting):
+        return data
+    try:
+        sent = transport.socket.send(data)
+    except OSError:
+        return data  # EAGAIN (the socket buffer is full) or a broken connection Twisted finds
+    return data[sent:]

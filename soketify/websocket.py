@@ -13,7 +13,7 @@ from soketify.autobahn_tuning import (
     STATE_OPEN, install_open_state_defaults, is_open, mark_closing, new_traffic_totals, shed_open_state)
 from soketify.cluster.interfaces import IConnection
 from soketify.frames import text_frame
-from soketify.socket_writes import nothing_queued
+from soketify.socket_writes import send_now
 
 APP_PATH_PREFIX = "/app/"
 
@@ -126,15 +126,10 @@ class PusherServerProtocol(WebSocketServerProtocol):
         if self.state != STATE_OPEN:  # is_open(self), inlined: this runs once per delivery
             return
         transport = self.transport
-        if nothing_queued(transport):
-            # One send() at once (socket_writes explains why); what it does not take is queued.
-            try:
-                sent = transport.socket.send(frame)
-            except OSError:
-                sent = 0  # EAGAIN, or a broken connection that Twisted's own send will find
-            if sent == len(frame):
-                return
-            frame = frame[sent:]
+        # One send() at once (socket_writes explains why); only what it does not take is queued.
+        frame = send_now(transport, frame)
+        if not frame:
+            return
         if self._paused:
             self._unsent_while_paused += len(frame)
             if self._unsent_while_paused > self.factory.max_send_buffer:

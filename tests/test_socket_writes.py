@@ -1,4 +1,4 @@
-"""write_now against real loopback TCP connections: the Twisted internals it relies on are there, an
+"""send_now against real loopback TCP connections: the Twisted internals it relies on are there, an
 idle connection is written with no reactor round, and a full socket falls back to Twisted's buffer
 without reordering or losing a byte."""
 
@@ -9,7 +9,14 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.tcp import Server
 from twisted.trial import unittest
 
-from soketify.socket_writes import write_now
+from soketify.socket_writes import send_now
+
+
+def write_now(transport, data: bytes) -> None:
+    """What PusherServerProtocol.write_frame does with a frame: send at once, queue the rest."""
+    rest = send_now(transport, data)
+    if rest:
+        transport.write(rest)
 
 
 class Collect(protocol.Protocol):
@@ -53,7 +60,7 @@ class SocketWritesTests(unittest.TestCase):
         self.addCleanup(self.transport.loseConnection)
 
     def test_the_twisted_internals_it_reads_are_there(self):
-        """A server connection is a tcp.Server with the buffer fields write_now checks."""
+        """A server connection is a tcp.Server with the buffer fields send_now checks."""
         transport = self.transport
         self.assertIs(transport.__class__, Server)
         self.assertEqual((transport._tempDataLen, transport.dataBuffer, transport.disconnecting),
@@ -89,7 +96,7 @@ class SocketWritesTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_after_a_close_is_started_writes_go_through_twisted(self):
-        """loseConnection() with data queued: write_now no longer sends around the buffer."""
+        """loseConnection() with data queued: send_now no longer sends around the buffer."""
         self.transport.write(b"queued")
         self.transport.loseConnection()
         write_now(self.transport, b"-after")
