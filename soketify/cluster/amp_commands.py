@@ -108,8 +108,8 @@ class Join(amp.Command):
 
 
 class Leave(amp.Command):
-    arguments = [(b"app_id", _text()), (b"channel", _text()), (b"socket_id", _text()),
-                 (b"user_id", _optional_text())]
+    # The state knows which member a socket joined as: no user id needed.
+    arguments = [(b"app_id", _text()), (b"channel", _text()), (b"socket_id", _text())]
     response = [(b"count", amp.Integer(optional=True))]
 
 

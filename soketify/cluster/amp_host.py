@@ -56,7 +56,7 @@ class WorkerLink(cmd.QuietAMP):
         return self.host.join(self, app_id, channel, socket_id, member)
 
     @cmd.Leave.responder
-    def leave(self, app_id, channel, socket_id, user_id):
+    def leave(self, app_id, channel, socket_id):
         return self.host.leave(self, app_id, channel, socket_id)
 
     @cmd.SignIn.responder

@@ -239,8 +239,8 @@ class AmpCluster(service.Service):
     def leave(self, app, channel, socket_id, user_id=None):
         if self.supervision.link is None:
             return succeed(None)  # the supervisor already ended everything this worker held
-        return self.supervision.call(cmd.Leave, app_id=app.id, channel=channel, socket_id=socket_id,
-                                     user_id=user_id).addCallback(lambda answer: answer["count"])
+        return self.supervision.call(cmd.Leave, app_id=app.id, channel=channel, socket_id=socket_id
+                                     ).addCallback(lambda answer: answer["count"])
 
     def sign_in(self, app, socket_id, user_id, watchlist):
         return self.supervision.call(cmd.SignIn, app_id=app.id, socket_id=socket_id, user_id=user_id,
