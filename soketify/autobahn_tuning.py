@@ -11,6 +11,10 @@ tests/test_autobahn_tuning.py fails when Autobahn renames or drops one of them.
 - Once a connection is open, its handshake leftovers are dropped and the state every open connection
   holds with the same value is read from class attributes instead (``install_open_state_defaults``
   once per class, ``shed_open_state`` once per connection).
+- A connection whose handshake was answered without Autobahn (soketify.handshake) is made open from
+  the start by ``opened_connection``: the same compact state a shed connection keeps, the shared
+  values on the class (``OPENED_DEFAULTS``), and what few connections ever use (``MADE_ON_FIRST_READ``:
+  the peer string, transport details, UTF-8 validator, open/closed futures) made on first read.
 - The two connection states the write path needs (``is_open``, ``mark_closing``).
 """
 
@@ -20,8 +24,12 @@ from pprint import pformat as _pformat
 
 import autobahn.twisted.websocket as _twisted_websocket
 import autobahn.websocket.protocol as _websocket_protocol
+import txaio
+from autobahn.twisted.util import create_transport_details, peer2str
 from autobahn.util import hltype as _hltype, hlval as _hlval
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
+from autobahn.wamp.types import TransportDetails
+from autobahn.websocket.utf8validator import Utf8Validator
 
 # -- what this module touches in Autobahn ---------------------------------------------------------
 
@@ -40,6 +48,12 @@ AUTOBAHN_NAMES = (
     "autobahn.websocket.protocol:TrafficStats",
     "autobahn.websocket.protocol:WebSocketProtocol.STATE_OPEN",
     "autobahn.websocket.protocol:WebSocketProtocol.STATE_CLOSING",
+    "autobahn.websocket.protocol:WebSocketProtocol.SEND_STATE_GROUND",
+    # What MADE_ON_FIRST_READ makes.
+    "autobahn.twisted.util:create_transport_details",
+    "autobahn.twisted.util:peer2str",
+    "autobahn.wamp.types:TransportDetails.CHANNEL_FRAMING_WEBSOCKET",
+    "autobahn.websocket.utf8validator:Utf8Validator",
 )
 # Per-connection attributes Autobahn sets before onOpen that this module reads or replaces, besides
 # HANDSHAKE_LEFTOVERS and OPEN_STATE_DEFAULTS.
@@ -83,6 +97,53 @@ _NO_SEND_QUEUE = ()
 # Set on a class by install_open_state_defaults; shed_open_state refuses classes without it, since
 # their connections would lose attributes Autobahn reads later (on close, ping, errors).
 _DEFAULTS_INSTALLED = "_soketify_open_state_defaults"
+
+# What Autobahn's handshake leaves on every open connection, the same for all of them: class attributes
+# for connections made by opened_connection (a later write makes one per instance, as Autobahn does).
+OPENED_DEFAULTS = {
+    "send_state": WebSocketProtocol.SEND_STATE_GROUND,
+    "data": b"",
+    "websocket_version": 13,
+    "websocket_extensions_in_use": (),
+    "send_queue": _NO_SEND_QUEUE,
+}
+
+
+def _transport_details(protocol) -> TransportDetails:
+    details = create_transport_details(protocol.transport, True)
+    details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+    return details
+
+
+# Per-connection state Autobahn makes for every connection although most never read it; for
+# connections made by opened_connection it is made, as Autobahn would have made it, on first read.
+MADE_ON_FIRST_READ = {
+    "peer": lambda protocol: peer2str(protocol.transport),
+    "_transport_details": _transport_details,
+    "utf8validator": lambda protocol: Utf8Validator(),  # read when a message begins
+    "is_open": lambda protocol: txaio.create_future_success(None),  # open from the start
+    "is_closed": lambda protocol: txaio.create_future(),  # resolved when the connection is lost
+    "_valid_events": lambda protocol: ["message"],
+    "_results": lambda protocol: {"message": None},
+}
+
+
+class _MadeOnFirstRead:
+    """A class attribute that makes a connection's value on first read and keeps it in the
+    connection's own ``__dict__`` (a non-data descriptor: values Autobahn sets itself win)."""
+
+    __slots__ = ("_name", "_make")
+
+    def __init__(self, name, make):
+        self._name = name
+        self._make = make
+
+    def __get__(self, protocol, owner=None):
+        if protocol is None:
+            return self
+        value = protocol.__dict__[self._name] = self._make(protocol)
+        return value
+
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
 # For the per-subscriber write path, which compares ``protocol.state`` inline (no call per delivery).
@@ -143,10 +204,19 @@ def options_on_class(factory) -> None:
 # -- state of open connections --------------------------------------------------------------------
 
 def install_open_state_defaults(protocol_class) -> None:
-    """Give ``protocol_class`` the shared open-state values, so its connections can shed theirs."""
-    for name, value in OPEN_STATE_DEFAULTS.items():
+    """Give ``protocol_class`` the shared open-state values, so its connections can shed theirs and
+    ``opened_connection`` can make connections of it."""
+    for name, value in (OPEN_STATE_DEFAULTS | OPENED_DEFAULTS).items():
         setattr(protocol_class, name, value)
+    for name, make in MADE_ON_FIRST_READ.items():
+        setattr(protocol_class, name, _MadeOnFirstRead(name, make))
     setattr(protocol_class, _DEFAULTS_INSTALLED, True)
+
+
+def _require_defaults(protocol_class) -> None:
+    if not getattr(protocol_class, _DEFAULTS_INSTALLED, False):
+        raise TypeError(f"{protocol_class.__name__}: call install_open_state_defaults on the class "
+                        "first")
 
 
 def new_traffic_totals() -> TrafficStats:
@@ -162,9 +232,7 @@ def shed_open_state(protocol, traffic_totals: TrafficStats) -> None:
     a compact one: no handshake leftovers, no default-valued state, an empty send queue shared by
     all, and ``traffic_totals`` (from ``new_traffic_totals``) counting its traffic with the node's.
     """
-    if not getattr(protocol, _DEFAULTS_INSTALLED, False):
-        raise TypeError(f"{type(protocol).__name__}: call install_open_state_defaults on the class "
-                        "before shedding a connection's open state")
+    _require_defaults(type(protocol))
     compact = {}
     for name, value in protocol.__dict__.items():
         if name in HANDSHAKE_LEFTOVERS:
@@ -176,6 +244,26 @@ def shed_open_state(protocol, traffic_totals: TrafficStats) -> None:
     compact["trafficStats"] = traffic_totals
     # A fresh dict sized for what is left; the old one was sized for 60 attributes.
     protocol.__dict__ = compact
+
+
+def opened_connection(factory, transport, traffic_totals: TrafficStats):
+    """A connection of ``factory.protocol`` on ``transport``, open from the start, for a handshake
+    answered without Autobahn: the state a shed connection keeps, nothing more (the class provides
+    the rest). Autobahn then reads its frames and closes it as any other; the caller sends the
+    handshake answer. ``factory.protocol`` must have gone through ``install_open_state_defaults``."""
+    protocol_class = factory.protocol
+    _require_defaults(protocol_class)
+    protocol = protocol_class.__new__(protocol_class)
+    protocol.__dict__ = {"factory": factory, "transport": transport, "connected": 1,
+                         "state": _STATE_OPEN, "trafficStats": traffic_totals}
+    # Autobahn's _connectionMade counts the connection and its _connectionLost uncounts it.
+    factory.countConnections += 1
+    if protocol.tcpNoDelay:
+        try:
+            transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):  # not TCP (a test transport, a Unix socket)
+            pass
+    return protocol
 
 
 def is_open(protocol) -> bool:

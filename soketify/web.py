@@ -1,8 +1,9 @@
 """One listening port for both WebSocket and HTTP: the first request line decides.
 
-Requests for ``/app/...`` go straight to the Autobahn protocol (cheaper per connection than
-twisted.web's WebSocketResource); everything else goes to the twisted.web Site of the REST API.
-Once decided, the chosen protocol takes the sniffer's place on the transport.
+Requests for ``/app/...`` go straight to the WebSocket factory (cheaper per connection than
+twisted.web's WebSocketResource), which answers a plain upgrade request at once and leaves any other
+to Autobahn's handshake; everything else goes to the twisted.web Site of the REST API. Once decided,
+the chosen protocol takes the sniffer's place on the transport.
 """
 
 from __future__ import annotations
@@ -38,11 +39,17 @@ class FirstLineSwitch(Protocol):
             return
         parts = self._buffer[:end].split(b" ")
         path = parts[1] if len(parts) >= 2 else b""
+        buffered, self._buffer = self._buffer, b""
         if path.startswith(WEBSOCKET_PATH_PREFIX):
-            chosen = self._factory.websocket.buildProtocol(self._addr)
+            websocket = self._factory.websocket
+            chosen = websocket.open_upgraded(self.transport, buffered)
+            if chosen is not None:  # answered and open already
+                self._chosen = chosen
+                self._hand_over(chosen)
+                return
+            chosen = websocket.buildProtocol(self._addr)
         else:
             chosen = self._factory.site.buildProtocol(self._addr)
-        buffered, self._buffer = self._buffer, b""
         self._chosen = chosen
         self._hand_over(chosen)
         chosen.makeConnection(self.transport)

@@ -10,9 +10,11 @@ from zope.interface import implementer
 
 from soketify import protocol
 from soketify.autobahn_tuning import (
-    STATE_OPEN, install_open_state_defaults, is_open, mark_closing, new_traffic_totals, shed_open_state)
+    STATE_OPEN, install_open_state_defaults, is_open, mark_closing, new_traffic_totals,
+    opened_connection, shed_open_state)
 from soketify.cluster.interfaces import IConnection
 from soketify.frames import text_frame
+from soketify.handshake import accept_value, plain_upgrade
 from soketify.socket_writes import send_now
 
 APP_PATH_PREFIX = "/app/"
@@ -44,10 +46,13 @@ class PusherServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         """Decide now, answer in onOpen: pusher-js reads errors as a frame and a close code."""
-        self._refusal = self._admission(request.path, request.params)
+        versions = request.params.get("protocol")
+        self._refusal = self._admission(request.path, versions[0] if versions else None)
         return None
 
-    def _admission(self, path: str, params: dict) -> tuple[int, str] | None:
+    def _admission(self, path: str, version_text: str | None) -> tuple[int, str] | None:
+        """Why this request for ``path`` (percent-encoded) with this ``protocol`` query value may
+        not connect, as a Pusher error code and message; None when it may."""
         factory = self.factory
         if factory.stopping:
             return protocol.RECONNECT_NOW, "Server is shutting down"
@@ -56,32 +61,38 @@ class PusherServerProtocol(WebSocketServerProtocol):
         key = unquote(path[len(APP_PATH_PREFIX):])
         if not key or "/" in key:
             return protocol.PATH_NOT_FOUND, f"Path not found: {path}"
-        versions = params.get("protocol")
-        if not versions or not versions[0]:
+        if not version_text:
             return protocol.NO_PROTOCOL, "No protocol version supplied"
         try:
-            version = int(versions[0])
+            version = int(version_text)
         except ValueError:
             version = None
         if version not in protocol.SUPPORTED_PROTOCOLS:
-            return protocol.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {versions[0]}"
+            return protocol.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {version_text}"
         self.app = factory.hub.apps.by_key(key)
         if self.app is None:
             return protocol.APP_NOT_FOUND, "App key not in this cluster"
         return None
 
     def onOpen(self):
-        factory = self.factory
         refusal = self._refusal
         # Drop what every open connection would otherwise carry separately (about 2 KB each).
-        shed_open_state(self, factory.traffic_totals)
+        shed_open_state(self, self.factory.traffic_totals)
+        self.greet(refusal)
+
+    def greet(self, refusal: tuple[int, str] | None, handshake_answer: bytes = b"") -> None:
+        """Admit the newly open connection or refuse it, in frames. ``handshake_answer`` is the HTTP
+        answer still to send when the handshake was answered without Autobahn; it goes out in one
+        write with the first frame."""
+        factory = self.factory
         if refusal is None:
             # Counted here, once the handshake is done, so a failed handshake takes no place.
             refusal = factory.hub.admit(self.app)
         if refusal is not None:
             code, message = refusal
             self.app = None
-            self.send(protocol.error(code, message))
+            self.write_frame(handshake_answer
+                             + text_frame(protocol.error(code, message).encode("utf-8")))
             self.sendClose(code, message)
             return
         hub = factory.hub
@@ -91,7 +102,8 @@ class PusherServerProtocol(WebSocketServerProtocol):
             self.connected_at = self.last_activity
         hub.connect(self)
         self.transport.registerProducer(self, True)
-        self.send(protocol.connection_established(self.socket_id, factory.activity_timeout))
+        established = protocol.connection_established(self.socket_id, factory.activity_timeout)
+        self.write_frame(handshake_answer + text_frame(established.encode("utf-8")))
 
     def onMessage(self, payload: bytes, isBinary: bool):
         if self.socket_id is None:
@@ -189,3 +201,22 @@ class PusherServerFactory(WebSocketServerFactory):
             perMessageCompressionAccept=lambda offers: None,
             autoPingInterval=0,
         )
+        # Autobahn's answer to an upgrade, up to the Sec-WebSocket-Accept value.
+        answer = ["HTTP/1.1 101 Switching Protocols"]
+        if self.server:
+            answer.append(f"Server: {self.server}")
+        answer += ["Upgrade: WebSocket", "Connection: Upgrade"]
+        answer += [f"{name}: {value}" for name, value in self.headers.items()]
+        self._switching_protocols = ("\r\n".join(answer) + "\r\nSec-WebSocket-Accept: ").encode()
+
+    def open_upgraded(self, transport, head: bytes):
+        """The connection for ``head``, the bytes received so far on ``transport``, when they are a
+        plain upgrade request (soketify.handshake): answered, open, admitted or refused. None leaves
+        the request to Autobahn's handshake (``buildProtocol``)."""
+        upgrade = plain_upgrade(head)
+        if upgrade is None:
+            return None
+        connection = opened_connection(self, transport, self.traffic_totals)
+        connection.greet(connection._admission(upgrade.path, upgrade.protocol),
+                         self._switching_protocols + accept_value(upgrade.key) + b"\r\n\r\n")
+        return connection

@@ -2,7 +2,8 @@
 
 The in-memory pair below is a plain Autobahn server with the options PusherServerFactory sets, talking
 to a plain Autobahn client that offers permessage-deflate as browsers do, so these tests depend on
-Autobahn and this module only.
+Autobahn and this module only (and soketify.handshake, which answers the handshake of a connection
+made by opened_connection).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from twisted.trial import unittest
 
 from soketify import autobahn_tuning
 from soketify.autobahn_tuning import (
-    AUTOBAHN_NAMES, CONNECTION_ATTRIBUTES, HANDSHAKE_LEFTOVERS, OPEN_STATE_DEFAULTS,
-    SOKETIFY_HANDSHAKE_STATE, install_open_state_defaults, is_open,
-    mark_closing, new_traffic_totals, shed_open_state,
+    AUTOBAHN_NAMES, CONNECTION_ATTRIBUTES, HANDSHAKE_LEFTOVERS, MADE_ON_FIRST_READ, OPEN_STATE_DEFAULTS,
+    OPENED_DEFAULTS, SOKETIFY_HANDSHAKE_STATE, install_open_state_defaults, is_open,
+    mark_closing, new_traffic_totals, opened_connection, shed_open_state,
 )
+from soketify.handshake import accept_value, plain_upgrade
 
 MAX_MESSAGE_SIZE = 1024
 # The helpers apply() replaces, where it replaces them.
@@ -137,14 +139,19 @@ class Pair:
         client_factory.protocol = RecordingClient
         client_factory.setProtocolOptions(perMessageCompressionOffers=(
             [PerMessageDeflateOffer()] if client_offers is None else client_offers))
-        self.server = factory.buildProtocol(CLIENT_ADDRESS)
         self.client = client_factory.buildProtocol(SERVER_ADDRESS)
         self.server_transport = Transport(hostAddress=SERVER_ADDRESS, peerAddress=CLIENT_ADDRESS)
         self.client_transport = Transport(hostAddress=CLIENT_ADDRESS, peerAddress=SERVER_ADDRESS)
         self.lost = False
-        self.server.makeConnection(self.server_transport)
         self.client.makeConnection(self.client_transport)
+        self.server = self.connect_server()
         self.pump()
+
+    def connect_server(self):
+        """The server's connection, through Autobahn's handshake."""
+        server = self.factory.buildProtocol(CLIENT_ADDRESS)
+        server.makeConnection(self.server_transport)
+        return server
 
     def pump(self, seconds: float = 0):
         """Carry bytes both ways until both are quiet, then deliver a dropped connection to both."""
@@ -164,6 +171,27 @@ class Pair:
                 self.lost = True
                 self.server.connectionLost(Failure(ConnectionDone()))
                 self.client.connectionLost(Failure(ConnectionDone()))
+
+
+class OpenedPair(Pair):
+    """A Pair whose server connection is made open by opened_connection, the client's handshake
+    answered as soketify.websocket answers a plain upgrade request. (Autobahn's client offers
+    compression with parameters plain_upgrade leaves to Autobahn, so it offers none here.)"""
+
+    def __init__(self, test_case, server_class):
+        super().__init__(test_case, server_class, client_offers=[])
+
+    def connect_server(self):
+        request = self.client_transport.value()
+        self.client_transport.clear()
+        upgrade = plain_upgrade(request)
+        assert upgrade is not None, request
+        server = opened_connection(self.factory, self.server_transport, self.factory.traffic_totals)
+        self.server_transport.protocol = server
+        self.server_transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\n"
+                                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                                    + accept_value(upgrade.key) + b"\r\n\r\n")
+        return server
 
 
 # -- the names ----------------------------------------------------------------------------------
@@ -305,9 +333,12 @@ class OpenConnectionTests(unittest.TestCase):
 # -- a shed connection still behaves ------------------------------------------------------------------
 
 class ShedConnectionTests(unittest.TestCase):
+    def pair(self):
+        return Pair(self, ShedServer)
+
     def test_shed_connection_is_compact(self):
         """After shed_open_state no leftover or default-valued state remains on the connection."""
-        pair = Pair(self, ShedServer)
+        pair = self.pair()
         kept = set(vars(pair.server))
         self.assertEqual(sorted(kept & (HANDSHAKE_LEFTOVERS | set(OPEN_STATE_DEFAULTS))), [])
         self.assertEqual(pair.server.send_queue, ())
@@ -320,8 +351,8 @@ class ShedConnectionTests(unittest.TestCase):
 
     def test_messages_flow_both_ways_and_count_in_the_node_totals(self):
         """A shed connection receives and sends messages; its traffic counts in the shared totals."""
-        pair = Pair(self, ShedServer)
-        other = Pair(self, ShedServer)
+        pair = self.pair()
+        other = self.pair()
         other.server.trafficStats = pair.server.trafficStats
         pair.client.sendMessage(b"one")
         other.client.sendMessage(b"two")
@@ -335,7 +366,7 @@ class ShedConnectionTests(unittest.TestCase):
 
     def test_client_close_is_clean(self):
         """A client's close is answered and the connection ends cleanly on both sides."""
-        pair = Pair(self, ShedServer)
+        pair = self.pair()
         pair.client.sendClose(1000)
         pair.pump()
         self.assertTrue(pair.lost)
@@ -344,7 +375,7 @@ class ShedConnectionTests(unittest.TestCase):
 
     def test_server_close_is_clean(self):
         """A close the server starts (as for 4200) completes cleanly once the client answers."""
-        pair = Pair(self, ShedServer)
+        pair = self.pair()
         pair.server.sendClose(4200, "Server is shutting down")
         pair.pump()
         self.assertTrue(pair.lost)
@@ -354,7 +385,7 @@ class ShedConnectionTests(unittest.TestCase):
 
     def test_silent_client_is_dropped_after_the_close_timeout(self):
         """A client that never answers the server's close is dropped by Autobahn's close timer."""
-        pair = Pair(self, ShedServer)
+        pair = self.pair()
         pair.server.sendClose(4200, "Server is shutting down")
         pair.server_transport.clear()
         pair.pump(pair.server.closeHandshakeTimeout + 0.1)
@@ -364,14 +395,14 @@ class ShedConnectionTests(unittest.TestCase):
 
     def test_ping_is_answered(self):
         """A client's ping gets a pong with the same payload."""
-        pair = Pair(self, ShedServer)
+        pair = self.pair()
         pair.client.sendPing(b"are you there")
         pair.pump()
         self.assertEqual(pair.client.pongs, [b"are you there"])
 
     def test_frame_over_the_limit_is_closed_with_1009(self):
         """A message over the size limit gets close code 1009 and the connection ends."""
-        pair = Pair(self, ShedServer)
+        pair = self.pair()
         pair.client.sendMessage(b"x" * (MAX_MESSAGE_SIZE + 1))
         pair.pump()
         self.assertTrue(pair.lost)
@@ -380,7 +411,7 @@ class ShedConnectionTests(unittest.TestCase):
 
     def test_protocol_error_is_closed_with_1002(self):
         """A frame that breaks the protocol (unmasked from a client) gets close code 1002."""
-        pair = Pair(self, ShedServer)
+        pair = self.pair()
         pair.client_transport.write(b"\x81\x02hi")
         pair.pump()
         self.assertTrue(pair.lost)
@@ -388,10 +419,72 @@ class ShedConnectionTests(unittest.TestCase):
 
     def test_marked_closing_connection_ends_on_abort(self):
         """After mark_closing and an abort, Autobahn reports the loss as unclean."""
-        pair = Pair(self, ShedServer)
+        pair = self.pair()
         mark_closing(pair.server)
         pair.server_transport.abortConnection()
         pair.pump()
         self.assertTrue(pair.lost)
         self.assertEqual(len(pair.factory.closes), 1)
         self.assertFalse(pair.factory.closes[0][0])
+
+
+class OpenedConnectionTests(ShedConnectionTests):
+    """A connection made by opened_connection behaves as a shed one in every test above."""
+
+    def pair(self):
+        return OpenedPair(self, ShedServer)
+
+    def test_shed_requires_the_class_defaults(self):
+        """Making an opened connection of a class without the defaults is refused."""
+        factory = server_factory(RecordingServer)
+        self.assertRaises(TypeError, opened_connection, factory, Transport(), new_traffic_totals())
+
+    def test_opened_connection_reads_as_a_shed_one(self):
+        """Every attribute a shed connection holds reads the same on an opened one (its own, a class
+        default or made on first read), and the opened one holds no more of its own."""
+        shed, opened = Pair(self, ShedServer).server, self.pair().server
+        opened_own = set(vars(opened))
+        self.assertEqual(sorted(opened_own - set(vars(shed))), [])
+        for name, value in vars(shed).items():
+            if name in ("factory", "transport", "trafficStats"):
+                continue
+            if name in MADE_ON_FIRST_READ:
+                self.assertNotIn(name, opened_own)
+                self.assertIs(type(getattr(opened, name)), type(value), name)
+            elif name in OPENED_DEFAULTS:
+                self.assertEqual(list(getattr(opened, name)) if name in (
+                    "websocket_extensions_in_use", "send_queue") else getattr(opened, name),
+                    list(value) if name in ("websocket_extensions_in_use", "send_queue") else value,
+                    name)
+            else:
+                self.assertEqual(getattr(opened, name), value, name)
+
+    def test_made_on_first_read_as_autobahn_makes_them(self):
+        """What opened connections make on first read is what Autobahn gives every connection."""
+        autobahn_made = Pair(self, RecordingServer).factory.open_states[0]
+        opened = self.pair().server
+        self.assertEqual(opened.peer, autobahn_made["peer"])
+        self.assertEqual(opened._transport_details.peer, autobahn_made["_transport_details"].peer)
+        self.assertEqual(opened._transport_details.channel_framing,
+                         autobahn_made["_transport_details"].channel_framing)
+        self.assertEqual((opened._valid_events, opened._results),
+                         (autobahn_made["_valid_events"], autobahn_made["_results"]))
+        self.assertTrue(opened.is_open.called)
+        self.assertFalse(opened.is_closed.called)
+
+    def test_opened_defaults_are_autobahns_values(self):
+        """OPENED_DEFAULTS hold the values Autobahn's handshake leaves (as tuples where it keeps an
+        empty list or deque, which nothing writes to once open)."""
+        state = Pair(self, RecordingServer).factory.open_states[0]
+        for name, value in OPENED_DEFAULTS.items():
+            self.assertEqual(value, tuple(state[name]) if name in (
+                "websocket_extensions_in_use", "send_queue") else state[name], name)
+
+    def test_connections_are_counted_until_lost(self):
+        """The factory's connection count (Autobahn's maxConnections check) includes opened
+        connections and forgets them once lost."""
+        pair = self.pair()
+        self.assertEqual(pair.factory.countConnections, 1)
+        pair.client.sendClose(1000)
+        pair.pump()
+        self.assertEqual(pair.factory.countConnections, 0)

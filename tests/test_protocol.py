@@ -39,6 +39,14 @@ class EncodeTests(unittest.TestCase):
         self.assertEqual(frame["event"], "pusher:connection_established")
         self.assertEqual(json.loads(frame["data"]), {"socket_id": "1.2", "activity_timeout": 120})
 
+    def test_connection_established_is_the_same_text_for_any_socket_id(self):
+        """The template gives the text the general encoder gives, and any other id is escaped."""
+        for socket_id in ("1.2", "4021.1234567", 'not"a.number'):
+            self.assertEqual(
+                protocol.connection_established(socket_id, 30),
+                protocol.encode(protocol.CONNECTION_ESTABLISHED,
+                                {"socket_id": socket_id, "activity_timeout": 30}))
+
     def test_event_data_passes_through_untouched(self):
         """A triggered event's data string is sent exactly as given."""
         frame = json.loads(protocol.event("e", "c", '{"x": [1, 2]}'))
