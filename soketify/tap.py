@@ -112,7 +112,7 @@ class SoketifyService(service.MultiService):
         api = RestApi(self.hub, reactor, config.limits, self.unready_reason, self.metrics)
         site = ApiSite(api.resource(), config.limits.max_request_body_bytes, reactor=reactor)
         self.listeners = []
-        switch = SwitchFactory(self.websocket, site)
+        switch = SwitchFactory(self.websocket, site, api)
         for description in server.listen:
             if worker is not None:
                 # Every worker opens the same ports (SO_REUSEPORT): the kernel spreads clients.

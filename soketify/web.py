@@ -2,8 +2,10 @@
 
 Requests for ``/app/...`` go straight to the WebSocket factory (cheaper per connection than
 twisted.web's WebSocketResource), which answers a plain upgrade request at once and leaves any other
-to Autobahn's handshake; everything else goes to the twisted.web Site of the REST API. Once decided,
-the chosen protocol takes the sniffer's place on the transport.
+to Autobahn's handshake. A REST connection starting with ``POST /apps/`` goes to PlainTriggers, which
+answers plain triggers itself and hands anything else to twisted.web; every other one goes to the
+twisted.web Site of the REST API. Once decided, the chosen protocol takes the sniffer's place on the
+transport.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from soketify.plain_triggers import PlainTriggers
+
 WEBSOCKET_PATH_PREFIX = b"/app/"
+# Where PlainTriggers may take the connection (it checks the whole request itself).
+TRIGGER_REQUEST_START = b"POST /apps/"
 # Longer than any sane request line: give up rather than buffer without end.
 MAX_REQUEST_LINE = 8192
 
@@ -40,39 +46,44 @@ class FirstLineSwitch(Protocol):
         parts = self._buffer[:end].split(b" ")
         path = parts[1] if len(parts) >= 2 else b""
         buffered, self._buffer = self._buffer, b""
+        factory = self._factory
         if path.startswith(WEBSOCKET_PATH_PREFIX):
-            websocket = self._factory.websocket
-            chosen = websocket.open_upgraded(self.transport, buffered)
+            chosen = factory.websocket.open_upgraded(self.transport, buffered)
             if chosen is not None:  # answered and open already
                 self._chosen = chosen
-                self._hand_over(chosen)
+                hand_over(self.transport, self, chosen)
                 return
-            chosen = websocket.buildProtocol(self._addr)
+            chosen = factory.websocket.buildProtocol(self._addr)
+        elif buffered.startswith(TRIGGER_REQUEST_START) and factory.api is not None:
+            chosen = PlainTriggers(factory.api, factory.site, self._addr, hand_over)
         else:
-            chosen = self._factory.site.buildProtocol(self._addr)
+            chosen = factory.site.buildProtocol(self._addr)
         self._chosen = chosen
-        self._hand_over(chosen)
+        hand_over(self.transport, self, chosen)
         chosen.makeConnection(self.transport)
         chosen.dataReceived(buffered)
-
-    def _hand_over(self, chosen) -> None:
-        """Let the transport talk to the chosen protocol directly; otherwise keep forwarding."""
-        transport = self.transport
-        if getattr(transport, "wrappedProtocol", None) is self:  # TLS
-            transport.wrappedProtocol = chosen
-        elif getattr(transport, "protocol", None) is self:  # TCP
-            transport.protocol = chosen
 
     def connectionLost(self, reason) -> None:
         if self._chosen is not None:
             self._chosen.connectionLost(reason)
 
 
+def hand_over(transport, old, new) -> None:
+    """Let ``transport`` talk to ``new`` directly instead of ``old``, where it allows; otherwise
+    ``old`` keeps forwarding."""
+    if getattr(transport, "wrappedProtocol", None) is old:  # TLS
+        transport.wrappedProtocol = new
+    elif getattr(transport, "protocol", None) is old:  # TCP
+        transport.protocol = new
+
+
 @implementer(IProtocolNegotiationFactory)
 class SwitchFactory(Factory):
-    def __init__(self, websocket_factory, site: Site):
+    def __init__(self, websocket_factory, site: Site, api=None):
+        """``api`` (the RestApi) answers plain triggers without twisted.web (PlainTriggers)."""
         self.websocket = websocket_factory
         self.site = site
+        self.api = api
 
     def doStart(self):
         self.websocket.doStart()
