@@ -30,15 +30,24 @@ log = Logger()
 TERMINATED = "Connections of this user terminated"
 
 
+def write_frame_to_each(subscribers: dict, frame: bytes, except_socket_id: str | None) -> None:
+    for socket_id, connection in subscribers.items():
+        if socket_id != except_socket_id:
+            connection.write_frame(frame)
+
+
 @implementer(IClusterListener)
 class Hub:
     def __init__(self, apps: AppRegistry, cluster, frame: Callable[[bytes], bytes],
-                 limits: LimitsConfig, clock, webhooks=None):
+                 limits: LimitsConfig, clock, webhooks=None, write_each=None):
+        """``write_each(subscribers, frame, except_socket_id)`` writes one frame to a channel's
+        subscribers (socket id -> connection); by default ``write_frame`` on each."""
         self.apps = apps
         self.limits = limits
         self.clock = clock
         self.cluster = cluster
         self._frame = frame
+        self._write_each = write_each or write_frame_to_each
         self._socket_numbers = count(1)
         self.connections: set = set()
         self._waiting_for_no_connections: list[Deferred] = []
@@ -270,11 +279,8 @@ class Hub:
         channel = app_channels.get(channel_name) if app_channels is not None else None
         if channel is None:
             return
-        frame = self._frame(payload)
-        # write_frame never closes synchronously, so the subscribers cannot change under us.
-        for socket_id, connection in channel.subscribers.items():
-            if socket_id != except_socket_id:
-                connection.write_frame(frame)
+        # Writing never closes a connection synchronously, so the subscribers cannot change under us.
+        self._write_each(channel.subscribers, self._frame(payload), except_socket_id)
 
     # -- webhooks ----------------------------------------------------------------------------
 

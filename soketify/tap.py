@@ -27,7 +27,7 @@ from soketify.listening import REUSABLE_ENDPOINTS, EndpointListener, ReusePortRe
 from soketify.web import ApiSite, SwitchFactory
 from soketify.webhooks import Webhooks, treq_post
 from soketify.frames import text_frame
-from soketify.websocket import PusherServerFactory
+from soketify.websocket import PusherServerFactory, write_to_subscribers
 
 log = Logger()
 
@@ -98,7 +98,7 @@ class SoketifyService(service.MultiService):
                                          delivered=self.metrics.webhook_delivered)
             self.cluster = make_cluster(config, reactor)
         self.hub = Hub(AppRegistry(config.apps), self.cluster, text_frame, config.limits, reactor,
-                       webhooks=self.webhooks)
+                       webhooks=self.webhooks, write_each=write_to_subscribers)
         self.metrics.watch_hub(self.hub)
         self.websocket = PusherServerFactory(
             self.hub, Sessions(self.hub, config.limits, reactor), reactor, server.activity_timeout,

@@ -1,6 +1,7 @@
 """send_now against real loopback TCP connections: the Twisted internals it relies on are there, an
 idle connection is written with no reactor round, and a full socket falls back to Twisted's buffer
-without reordering or losing a byte."""
+without reordering or losing a byte. The same cases run through websocket.write_to_subscribers, which
+inlines send_now's condition for the hub's delivery loop."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.tcp import Server
 from twisted.trial import unittest
 
+from soketify.autobahn_tuning import STATE_OPEN
 from soketify.socket_writes import send_now
+from soketify.websocket import write_to_subscribers
 
 
 def write_now(transport, data: bytes) -> None:
@@ -17,6 +20,27 @@ def write_now(transport, data: bytes) -> None:
     rest = send_now(transport, data)
     if rest:
         transport.write(rest)
+
+
+class Subscriber:
+    """What write_to_subscribers reads of a connection (an open state, a transport), and the two
+    writes it falls back to, as PusherServerProtocol does them."""
+
+    state = STATE_OPEN
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    def write_frame(self, frame: bytes) -> None:
+        write_now(self.transport, frame)
+
+    def queue_unsent(self, frame: bytes) -> None:
+        self.transport.write(frame)
+
+
+def write_to_one_subscriber(transport, data: bytes) -> None:
+    """What the hub's delivery loop does for a channel with this one subscriber."""
+    write_to_subscribers({"1.1": Subscriber(transport)}, data, None)
 
 
 class Collect(protocol.Protocol):
@@ -44,6 +68,8 @@ class Connected(protocol.Protocol):
 
 
 class SocketWritesTests(unittest.TestCase):
+    write = staticmethod(write_now)
+
     @inlineCallbacks
     def setUp(self):
         server_factory = protocol.Factory.forProtocol(Connected)
@@ -71,7 +97,7 @@ class SocketWritesTests(unittest.TestCase):
     def test_an_idle_connection_is_written_at_once(self):
         """Nothing queued: the bytes leave in this call; the reactor is not asked to wait for
         writability."""
-        write_now(self.transport, b"frame-1")
+        self.write(self.transport, b"frame-1")
         self.assertNotIn(self.transport, reactor.getWriters())
         self.assertEqual((self.transport._tempDataLen, self.transport.dataBuffer), (0, b""))
         received = yield self.client.until(7)
@@ -84,11 +110,11 @@ class SocketWritesTests(unittest.TestCase):
         self.client.transport.pauseProducing()  # the peer stops reading: the buffers fill up
         chunks = [bytes([65 + n % 26]) * 65536 for n in range(64)]
         for chunk in chunks:
-            write_now(self.transport, chunk)
+            self.write(self.transport, chunk)
         self.assertGreater(self.transport._tempDataLen + len(self.transport.dataBuffer), 0,
                            "4 MB do not fit in the socket buffers: some is queued")
         self.assertIn(self.transport, reactor.getWriters())
-        write_now(self.transport, b"last")
+        self.write(self.transport, b"last")
         self.client.transport.resumeProducing()
         expected = b"".join(chunks) + b"last"
         received = yield self.client.until(len(expected))
@@ -99,7 +125,21 @@ class SocketWritesTests(unittest.TestCase):
         """loseConnection() with data queued: send_now no longer sends around the buffer."""
         self.transport.write(b"queued")
         self.transport.loseConnection()
-        write_now(self.transport, b"-after")
+        self.write(self.transport, b"-after")
         received = yield self.client.until(12)
         self.assertEqual(received, b"queued-after")
         yield task.deferLater(reactor, 0, lambda: None)
+
+
+class WriteToSubscribersTests(SocketWritesTests):
+    """The hub's delivery loop behaves as send_now in every case above."""
+
+    write = staticmethod(write_to_one_subscriber)
+
+    @inlineCallbacks
+    def test_the_excluded_subscriber_gets_nothing(self):
+        """The socket id a client event came from is skipped; the others get the frame."""
+        write_to_subscribers({"1.1": Subscriber(self.transport)}, b"not for the sender", "1.1")
+        write_to_subscribers({"1.1": Subscriber(self.transport)}, b"for everyone", "2.2")
+        received = yield self.client.until(12)
+        self.assertEqual(received, b"for everyone")
