@@ -97,6 +97,9 @@ _NO_SEND_QUEUE = ()
 # Set on a class by install_open_state_defaults; shed_open_state refuses classes without it, since
 # their connections would lose attributes Autobahn reads later (on close, ping, errors).
 _DEFAULTS_INSTALLED = "_soketify_open_state_defaults"
+# Set on a class by options_on_class; opened_connection needs the options there (Autobahn's
+# handshake is what copies them onto a connection otherwise).
+_OPTIONS_ON_CLASS = "_soketify_options_on_class"
 
 # What Autobahn's handshake leaves on every open connection, the same for all of them: class attributes
 # for connections made by opened_connection (a later write makes one per instance, as Autobahn does).
@@ -198,6 +201,7 @@ def options_on_class(factory) -> None:
     # A function stored on a class would become a method; keep option callbacks plain.
     options = {name: staticmethod(value) if callable(value) else value
                for name, value in options.items()}
+    options[_OPTIONS_ON_CLASS] = True
     factory.protocol = type(base.__name__, (base,), options)
 
 
@@ -250,9 +254,12 @@ def opened_connection(factory, transport, traffic_totals: TrafficStats):
     """A connection of ``factory.protocol`` on ``transport``, open from the start, for a handshake
     answered without Autobahn: the state a shed connection keeps, nothing more (the class provides
     the rest). Autobahn then reads its frames and closes it as any other; the caller sends the
-    handshake answer. ``factory.protocol`` must have gone through ``install_open_state_defaults``."""
+    handshake answer. ``factory.protocol`` must have gone through ``install_open_state_defaults``
+    and ``options_on_class``. Autobahn's maxConnections check is the caller's to make."""
     protocol_class = factory.protocol
     _require_defaults(protocol_class)
+    if not getattr(protocol_class, _OPTIONS_ON_CLASS, False):
+        raise TypeError(f"{protocol_class.__name__}: call options_on_class on the factory first")
     protocol = protocol_class.__new__(protocol_class)
     protocol.__dict__ = {"factory": factory, "transport": transport, "connected": 1,
                          "state": _STATE_OPEN, "trafficStats": traffic_totals}

@@ -15,19 +15,29 @@ from __future__ import annotations
 import re
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.server import version as TWISTED_WEB_VERSION
+from zope.interface import implementer
 
 from soketify.socket_writes import send_now
 
 _END_OF_HEAD = b"\r\n\r\n"
-# twisted.web refuses longer lines; anything this long is left to it.
+# twisted.web's limits on a request head (HTTPChannel.totalHeadersSize, maxHeaders): a head near
+# them is left to twisted.web to refuse.
 MAX_HEAD = 16384
+MAX_HEADERS = 100
+# An app id of token characters only; the query of printable ASCII (twisted.web takes both).
 _REQUEST_LINE = re.compile(
-    rb"POST (/apps/([^/%?#\s]+)/(events|batch_events))(?:\?([!-~]*))? HTTP/1\.1\Z")
-_HEADER = re.compile(rb"\r\n([!-9;-~]+):[ \t]*([ -~]*?)[ \t]*(?=\r\n|\Z)")
+    rb"POST (/apps/([!#$&'*+.^_`|~0-9A-Za-z-]+)/(events|batch_events))(?:\?([!-~]*))? HTTP/1\.1\Z")
+# A header line: a token name (RFC 9110 tchar, as twisted.web requires), a printable ASCII value.
+_HEADER = re.compile(rb"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([ -~]*?)[ \t]*(?=\r\n|\Z)")
+# While an answer is on its way, read no more than this ahead (twisted.web pauses as well).
+MAX_READ_AHEAD = 16384
+# A client that does not read its answers is dropped this long after the idle timeout's close.
+ABORT_TIMEOUT = 15
 # Headers that change how a request is read or answered: any of these goes to twisted.web.
 _NOT_PLAIN_HEADERS = frozenset((b"transfer-encoding", b"expect", b"upgrade", b"trailer"))
 _ANSWER_HEAD = (b"HTTP/1.1 %d %s\r\nServer: " + TWISTED_WEB_VERSION
@@ -45,7 +55,7 @@ def plain_trigger(head: bytes, max_body: int):
     header_lines = b"" if line_end < 0 else head[line_end:]
     pairs = _HEADER.findall(header_lines)
     # Every line read: a line _HEADER cannot read (a bare CR or LF, a control character) is not plain.
-    if header_lines.count(b"\r\n") != len(pairs):
+    if header_lines.count(b"\r\n") != len(pairs) or len(pairs) > MAX_HEADERS:
         return None
     length = None
     for name, value in pairs:
@@ -65,8 +75,13 @@ def plain_trigger(head: bytes, max_body: int):
     return path, app_id.decode("ascii"), endpoint, query or b"", length
 
 
+@implementer(IPushProducer)
 class PlainTriggers(Protocol, TimeoutMixin):
-    """One REST connection while its requests are plain triggers (see the module's docstring)."""
+    """One REST connection while its requests are plain triggers (see the module's docstring).
+
+    Like twisted.web's channel it is the push producer of its transport: when the client does not
+    read its answers and the transport's buffer fills, it stops reading requests until the buffer
+    drains; while an answer waits for the cluster it reads at most MAX_READ_AHEAD ahead."""
 
     def __init__(self, api, site, addr, hand_over):
         """``hand_over(transport, old, new)`` lets the transport talk to a new protocol."""
@@ -76,13 +91,17 @@ class PlainTriggers(Protocol, TimeoutMixin):
         self._hand_over_transport = hand_over
         self._buffer = b""
         self._waiting = False  # an answer is on its way (`info`): later requests wait their turn
+        self._transport_full = False  # the client is not reading its answers
+        self._reading = True
         self._channel = None  # twisted.web's, once handed over
         self._gone = False
+        self._aborting = None
 
     def connectionMade(self) -> None:
         # The idle timeout twisted.web's channel would have, on the site's reactor.
         self.callLater = self._site.reactor.callLater
         self.setTimeout(self._site.timeOut)
+        self.transport.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
         if self._channel is not None:  # a transport that does not let go of us (forwarding)
@@ -94,12 +113,14 @@ class PlainTriggers(Protocol, TimeoutMixin):
 
     def _serve(self) -> None:
         """Answer every whole plain request buffered, in order; hand over at any other."""
-        while self._buffer and not self._waiting and self._channel is None:
+        while (self._buffer and not self._waiting and not self._transport_full
+               and self._channel is None and not self._gone):
             head_end = self._buffer.find(_END_OF_HEAD)
-            if head_end < 0:
-                if len(self._buffer) > MAX_HEAD:
-                    self._to_twisted_web()
+            if head_end < 0 and len(self._buffer) > MAX_HEAD or head_end >= MAX_HEAD:
+                self._to_twisted_web()
                 return
+            if head_end < 0:
+                break
             request = plain_trigger(self._buffer[:head_end], self._site.max_request_body)
             if request is None:
                 self._to_twisted_web()
@@ -107,22 +128,43 @@ class PlainTriggers(Protocol, TimeoutMixin):
             path, app_id, endpoint, query, length = request
             body_start = head_end + 4
             if len(self._buffer) < body_start + length:
-                return  # the rest of the body is on its way
+                break  # the rest of the body is on its way
             body = self._buffer[body_start:body_start + length]
             self._buffer = self._buffer[body_start + length:]
             answer = self._api.publish(endpoint, app_id, b"POST", path, query, body)
             if isinstance(answer, Deferred):
-                self._waiting = True
-                answer.addCallback(self._answered_later)
-                return
+                answers = []
+                answer.addCallback(answers.append)
+                if not answers:  # not there yet: later requests wait for it
+                    self._wait_for(answer, answers)
+                    break
+                answer = answers[0]
             self._write_answer(*answer)
+        self._read_if_room()
 
-    def _answered_later(self, answer) -> None:
-        self._waiting = False
-        if self._gone:
-            return
-        self._write_answer(*answer)
-        self._serve()
+    def _wait_for(self, answer: Deferred, answers: list) -> None:
+        self._waiting = True
+        self.setTimeout(None)  # the client is not idle: it waits for us
+
+        def answered(_):
+            self._waiting = False
+            if self._gone:
+                return
+            self.setTimeout(self._site.timeOut)
+            self._write_answer(*answers[0])
+            self._serve()
+        answer.addCallback(answered)
+
+    def _read_if_room(self) -> None:
+        """Read from the client while its answers leave and nothing waits with much read ahead."""
+        reading = not self._transport_full and (not self._waiting
+                                                or len(self._buffer) <= MAX_READ_AHEAD)
+        if reading != self._reading and self._channel is None and not self._gone:
+            self._reading = reading
+            if reading:
+                self.transport.resumeProducing()
+            else:
+                self.transport.pauseProducing()
 
     def _write_answer(self, status: int, body: bytes) -> None:
         data = _ANSWER_HEAD % (status, RESPONSES[status], datetimeToString(), len(body)) + body
@@ -131,17 +173,44 @@ class PlainTriggers(Protocol, TimeoutMixin):
         if rest:
             transport.write(rest)
 
+    # -- the transport's producer: it pauses us when the client does not read ----------------
+
+    def pauseProducing(self) -> None:
+        self._transport_full = True
+        self._read_if_room()
+
+    def resumeProducing(self) -> None:
+        self._transport_full = False
+        self._serve()
+
+    def stopProducing(self) -> None:
+        self._gone = True
+
+    # -- handing over, timing out, ending ------------------------------------------------------
+
     def _to_twisted_web(self) -> None:
         """From now on twisted.web serves this connection, starting with what is buffered."""
         self.setTimeout(None)
+        transport = self.transport
+        transport.unregisterProducer()
+        if not self._reading:
+            self._reading = True
+            transport.resumeProducing()
         channel = self._channel = self._site.buildProtocol(self._addr)
-        self._hand_over_transport(self.transport, self, channel)
-        channel.makeConnection(self.transport)
+        self._hand_over_transport(transport, self, channel)
+        channel.makeConnection(transport)
         buffered, self._buffer = self._buffer, b""
         channel.dataReceived(buffered)
+
+    def timeoutConnection(self) -> None:
+        """Idle for the site's timeout: close, and drop the client if it does not let go."""
+        self._aborting = self.callLater(ABORT_TIMEOUT, self.transport.abortConnection)
+        self.transport.loseConnection()
 
     def connectionLost(self, reason) -> None:
         self._gone = True
         self.setTimeout(None)
+        if self._aborting is not None and self._aborting.active():
+            self._aborting.cancel()
         if self._channel is not None:
             self._channel.connectionLost(reason)

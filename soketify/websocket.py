@@ -240,17 +240,26 @@ class PusherServerFactory(WebSocketServerFactory):
         if self.server:
             answer.append(f"Server: {self.server}")
         answer += ["Upgrade: WebSocket", "Connection: Upgrade"]
-        answer += [f"{name}: {value}" for name, value in self.headers.items()]
+        for name, values in self.headers.items():  # a value, or several, as Autobahn writes them
+            values = [values] if isinstance(values, str) or not hasattr(values, "__iter__") else values
+            answer += [f"{name}: {value}" for value in values]
         self._switching_protocols = ("\r\n".join(answer) + "\r\nSec-WebSocket-Accept: ").encode()
 
     def open_upgraded(self, transport, head: bytes):
         """The connection for ``head``, the bytes received so far on ``transport``, when they are a
         plain upgrade request (soketify.handshake): answered, open, admitted or refused. None leaves
         the request to Autobahn's handshake (``buildProtocol``)."""
-        upgrade = plain_upgrade(head)
+        # Autobahn's handshake answers 503 over maxConnections (Soketify counts per app instead).
+        upgrade = None if self.maxConnections else plain_upgrade(head)
         if upgrade is None:
             return None
         connection = opened_connection(self, transport, self.traffic_totals)
-        connection.greet(connection._admission(upgrade.path, upgrade.protocol),
-                         self._switching_protocols + accept_value(upgrade.key) + b"\r\n\r\n")
+        try:
+            connection.greet(connection._admission(upgrade.path, upgrade.protocol),
+                             self._switching_protocols + accept_value(upgrade.key) + b"\r\n\r\n")
+        except Exception:
+            # As a failing onOpen would: logged, this connection alone dropped (its loss is still
+            # reported to it, which uncounts it).
+            connection._log.failure("Error opening a connection")
+            transport.abortConnection()
         return connection

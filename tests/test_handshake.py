@@ -123,8 +123,11 @@ class SameAnswerTests(unittest.TestCase):
 
     def answer(self, request: str, fast: bool, config=None) -> tuple[bytes, object]:
         rig = Rig(self, config)
-        if not fast:
-            self.patch(rig.service.websocket, "open_upgraded", lambda transport, head: None)
+        websocket = rig.service.websocket
+        if fast:  # the fast path must answer, not Autobahn's handshake
+            self.patch(websocket, "buildProtocol", lambda addr: self.fail("Autobahn's handshake"))
+        else:
+            self.patch(websocket, "open_upgraded", lambda transport, head: None)
         connection = _Connection(rig)
         connection.transport.protocol = connection.protocol
         connection.feed(request.encode("latin-1"))

@@ -6,8 +6,11 @@ from urllib.parse import urlencode
 
 from twisted.trial import unittest
 
+from twisted.internet.defer import Deferred
+
 from soketify import signing
-from soketify.plain_triggers import MAX_HEAD, plain_trigger
+from soketify.cluster.interfaces import ChannelStats
+from soketify.plain_triggers import ABORT_TIMEOUT, MAX_HEAD, PlainTriggers, plain_trigger
 from tests.support import APP, Rig, _Connection, make_config
 
 MAX_BODY = 1024
@@ -54,6 +57,10 @@ NOT_PLAIN = {
     "line without colon": variant(NODE_SDK, "accept:", "accept */*"),
     "bare LF": variant(NODE_SDK, "accept:", "accept: */*\nx: y"),
     "control character": variant(NODE_SDK, "accept:", "accept: \x01"),
+    "header name not a token": variant(NODE_SDK, "accept:", "x-trace(id): 1"),
+    "app id not a token": variant(NODE_SDK, "POST", "POST /apps/\x01/events HTTP/1.1"),
+    "app id not ASCII": variant(NODE_SDK, "POST", "POST /apps/\u00e9/events HTTP/1.1"),
+    "too many headers": NODE_SDK + ("a: b",) * 100,
 }
 
 
@@ -94,7 +101,10 @@ class SameAnswerTests(unittest.TestCase):
     """One keep-alive connection through the whole service in memory, answered by PlainTriggers or
     (with the switch's API taken away) by twisted.web: the client must see the same bytes."""
 
-    def exchange(self, chunks, plain: bool, config=None) -> bytes:
+    def exchange(self, chunks, plain: bool, config=None, handed_over=False) -> bytes:
+        """The bytes answered to ``chunks`` (bytes, or functions of the time giving bytes) on one
+        connection; with ``plain``, through PlainTriggers, which must have handed the connection to
+        twisted.web by the end exactly when ``handed_over`` says so."""
         rig = Rig(self, config)
         if not plain:
             rig.switch.api = None
@@ -103,12 +113,18 @@ class SameAnswerTests(unittest.TestCase):
         for chunk in chunks:
             connection.feed(chunk(rig.reactor.seconds()) if callable(chunk) else chunk)
             rig.reactor.advance(0)
+        if plain:
+            self.assertEqual(not isinstance(connection.transport.protocol, PlainTriggers),
+                             handed_over)
         self.rig, self.connection = rig, connection
         return DATE.sub(b"Date: D", connection.transport.value())
 
-    def assertSameAnswers(self, chunks, config=None) -> bytes:
-        plain = self.exchange(chunks, True, config)
+    def assertSameAnswers(self, chunks, config=None, handed_over=False) -> bytes:
+        """Both ways give the same bytes and leave the connection open or closing alike."""
+        plain = self.exchange(chunks, True, config, handed_over)
+        plain_closing = self.connection.transport.disconnecting
         self.assertEqual(plain, self.exchange(chunks, False, config))
+        self.assertEqual(plain_closing, self.connection.transport.disconnecting)
         return plain
 
     def event(self, path="/apps/app-id/events", **fields):
@@ -147,7 +163,7 @@ class SameAnswerTests(unittest.TestCase):
             query["auth_signature"] = signing.rest_signature(
                 "app-secret", "GET", "/apps/app-id/channels", query)
             return f"GET /apps/app-id/channels?{urlencode(query)} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
-        answers = self.assertSameAnswers([self.event(), get, self.event()])
+        answers = self.assertSameAnswers([self.event(), get, self.event()], handed_over=True)
         self.assertEqual(answers.count(b"HTTP/1.1 200 OK"), 3)
         self.assertIn(b'{"channels":{}}', answers)
 
@@ -157,9 +173,10 @@ class SameAnswerTests(unittest.TestCase):
         closing = [lambda now: signed_request(
             "/apps/app-id/events", b'{"name":"e","channels":["a"],"data":"x"}', now,
             extra="\r\nConnection: close", keep_alive=False)]
-        self.assertIn(b"200 OK", self.assertSameAnswers(closing))
+        self.assertIn(b"200 OK", self.assertSameAnswers(closing, handed_over=True))
+        self.assertTrue(self.connection.transport.disconnecting)
         oversized = [self.event(data="x" * 100)]
-        self.assertIn(b"413", self.assertSameAnswers(oversized, small))
+        self.assertIn(b"413", self.assertSameAnswers(oversized, small, handed_over=True))
 
     def test_an_idle_connection_is_closed_after_the_sites_timeout(self):
         """A keep-alive connection that stays idle is closed as twisted.web's would be."""
@@ -170,8 +187,85 @@ class SameAnswerTests(unittest.TestCase):
         self.rig.reactor.advance(2)
         self.assertTrue(self.connection.transport.disconnecting)
 
+    def test_a_client_that_never_lets_go_is_dropped(self):
+        """If the close after the idle timeout does not end the connection, it is aborted."""
+        self.exchange([self.event()], True)
+        transport = self.connection.transport
+        self.patch(transport, "loseConnection", lambda: None)  # the client does not read: no end
+        aborted = []
+        self.patch(transport, "abortConnection", lambda: aborted.append(True))
+        self.rig.reactor.advance(self.rig.switch.site.timeOut + 1)
+        self.assertEqual(aborted, [])
+        self.rig.reactor.advance(ABORT_TIMEOUT)
+        self.assertEqual(aborted, [True])
+
+
     def test_a_head_too_long_is_twisted_webs_to_refuse(self):
-        """A request head longer than any plain one goes to twisted.web, which drops the connection."""
+        """A request head longer than twisted.web takes (one long line, or many) goes to twisted.web,
+        which drops the connection or refuses with 400."""
         huge = b"POST /apps/app-id/events HTTP/1.1\r\nX: " + b"x" * MAX_HEAD
-        self.assertEqual(self.assertSameAnswers([huge]), b"")
+        self.assertEqual(self.assertSameAnswers([huge], handed_over=True), b"")
         self.assertTrue(self.connection.transport.disconnecting)
+        many_lines = b"POST /apps/app-id/events HTTP/1.1\r\n" + (b"X-Pad: " + b"x" * 60 + b"\r\n") * 300
+        answer = self.assertSameAnswers([many_lines + b"Content-Length: 0\r\n\r\n"], handed_over=True)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer)
+
+class WaitingTests(unittest.TestCase):
+    """Answers that wait: for the cluster (`info`), or for a client that reads slowly."""
+
+    def setUp(self):
+        self.rig = Rig(self)
+        self.connection = _Connection(self.rig)
+        self.connection.transport.protocol = self.connection.protocol
+        self.event = SameAnswerTests.event.__get__(self)
+
+    def feed(self, *requests):
+        now = self.rig.reactor.seconds()
+        self.connection.feed(b"".join(request(now) for request in requests))
+
+    def answers(self) -> list:
+        return re.findall(rb"HTTP/1.1 (\d+)[^{]*(\{[^\r]*?\})(?=HTTP|$)",
+                          self.connection.transport.value())
+
+    def test_later_requests_wait_for_an_answer_from_the_cluster(self):
+        """While `info` waits for the cluster, the next trigger is not answered before it; both are
+        answered in order once the cluster answers. The idle timeout does not run meanwhile."""
+        pending = Deferred()
+        self.patch(self.rig.hub, "channel_stats", lambda app_id, names: pending)
+        self.feed(self.event(info="subscription_count"), self.event())
+        self.assertEqual(self.answers(), [])
+        self.rig.reactor.advance(self.rig.switch.site.timeOut + 1)
+        self.assertFalse(self.connection.transport.disconnecting)
+        pending.callback({"news": ChannelStats(subscription_count=0)})
+        self.assertEqual(self.answers(), [
+            (b"200", b'{"channels":{"news":{"subscription_count":0}}}'), (b"200", b"{}")])
+
+    def test_a_connection_lost_while_waiting_gets_nothing_written(self):
+        """The client going away while its answer waits: the answer is dropped, nothing raised."""
+        pending = Deferred()
+        self.patch(self.rig.hub, "channel_stats", lambda app_id, names: pending)
+        self.feed(self.event(info="subscription_count"))
+        self.connection.connection_lost()
+        pending.callback({"news": ChannelStats(subscription_count=0)})
+        self.assertEqual(self.answers(), [])
+
+    def test_a_client_that_does_not_read_is_not_read_from(self):
+        """When the transport's buffer is full (the client does not read), pipelined requests wait
+        and the transport stops reading; they are answered in order when it drains."""
+        self.feed(self.event())
+        plain = self.connection.transport.protocol
+        self.assertIsInstance(plain, PlainTriggers)
+        self.assertEqual(len(self.answers()), 1)
+        plain.pauseProducing()
+        self.assertEqual(self.connection.transport.producerState, "paused")
+        self.feed(self.event(), self.event())
+        self.assertEqual(len(self.answers()), 1)
+        plain.resumeProducing()
+        self.assertEqual(self.connection.transport.producerState, "producing")
+        self.assertEqual(len(self.answers()), 3)
+
+    def test_many_answers_at_once_do_not_recurse(self):
+        """Hundreds of pipelined `info` triggers in one read, answered at once by the local
+        cluster, are all answered (no recursion per request)."""
+        self.feed(*[self.event(info="subscription_count")] * 400)
+        self.assertEqual(len(self.answers()), 400)
