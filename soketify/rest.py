@@ -56,6 +56,13 @@ def _json(request, status: int, body) -> bytes:
     return _answer(request, status, _dumps(body))
 
 
+def _request_parts(request) -> tuple[bytes, bytes, bytes, bytes, bool]:
+    """Method, path, query, body and whether the body was over the limit, of a twisted.web request."""
+    too_large = getattr(request, "body_too_large", False)
+    body = b"" if too_large or request.content is None else request.content.read()
+    return request.method, request.path, request.uri.partition(b"?")[2], body, too_large
+
+
 # An answer apart from any request object: (HTTP status, JSON body).
 Answer = tuple[int, bytes]
 NOTHING_TO_SAY: Answer = (200, b"{}")
@@ -204,10 +211,7 @@ class RestApi:
 
     def publish_request(self, request, endpoint: bytes, app_id: str) -> Answer | Deferred:
         """``publish`` for a twisted.web request."""
-        too_large = getattr(request, "body_too_large", False)
-        body = b"" if too_large or request.content is None else request.content.read()
-        return self.publish(endpoint, app_id, request.method, request.path,
-                            request.uri.partition(b"?")[2], body, too_large)
+        return self.publish(endpoint, app_id, *_request_parts(request))
 
     def error_answer(self, failure) -> Answer:
         error = failure.value
@@ -266,10 +270,7 @@ class RestApi:
 
     def _authenticate(self, request, app_id: str | None) -> ApiRequest:
         """``_authenticate_parts`` for a twisted.web request."""
-        too_large = getattr(request, "body_too_large", False)
-        body = b"" if too_large or request.content is None else request.content.read()
-        return self._authenticate_parts(app_id, request.method, request.path,
-                                        request.uri.partition(b"?")[2], body, too_large)
+        return self._authenticate_parts(app_id, *_request_parts(request))
 
     def _authenticate_parts(self, app_id: str | None, method: bytes, path: bytes, query: bytes,
                             body: bytes, body_too_large: bool) -> ApiRequest:
