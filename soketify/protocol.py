@@ -120,12 +120,50 @@ class ProtocolError:
     message: str
 
 
+# A lone surrogate can only come from a \uD800-\uDFFF escape (raw text is decoded strictly).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def loads(text: str | bytes) -> Any:
+    """JSON sent by a client, or ValueError (with what is wrong) for anything the server could not
+    handle or send back: not JSON, not UTF-8, nested too deeply for the decoder (which would raise
+    RecursionError), or holding a lone surrogate (a \\uD800-\\uDFFF escape without its pair, which
+    no UTF-8 text can carry, so an echo of it would fail)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")  # strict: UnicodeDecodeError is a ValueError
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(text) is not None and _holds_lone_surrogate(value):
+        raise ValueError("JSON text with a lone surrogate (\\uD800-\\uDFFF)")
+    return value
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    """Any string in ``value`` (keys included) with a surrogate code point; iterative, since the
+    value may be nested as deep as the decoder allows."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item) is not None:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
 def decode(text: str) -> ClientMessage | ProtocolError:
     """Decode one client text frame."""
     try:
-        frame = json.loads(text)
-    except ValueError:
-        return ProtocolError(None, "Invalid JSON")
+        frame = loads(text)
+    except ValueError as problem:
+        return ProtocolError(None, f"Invalid JSON: {problem}")
     if not isinstance(frame, dict):
         return ProtocolError(None, "A frame must be a JSON object")
     event = frame.get("event")
@@ -139,7 +177,7 @@ def decode(text: str) -> ClientMessage | ProtocolError:
     # strings that are not JSON at all (pysher pings with data ""): those stay strings.
     if event.startswith("pusher:") and isinstance(data, str) and data:
         try:
-            data = json.loads(data)
+            data = loads(data)
         except ValueError:
             pass
     return ClientMessage(event, data, channel)

@@ -108,9 +108,9 @@ def parse_query(raw: bytes) -> dict[str, str]:
 
 def _json_object(body: bytes) -> dict:
     try:
-        document = json.loads(body)
-    except ValueError:
-        raise ApiError(400, "Request body must be JSON")
+        document = protocol.loads(body)
+    except ValueError as problem:
+        raise ApiError(400, f"Request body must be JSON: {problem}")
     if not isinstance(document, dict):
         raise ApiError(400, "Request body must be a JSON object")
     return document
@@ -155,6 +155,19 @@ def _answer_later(answer: Deferred, request) -> None:
     answer.addCallback(finish)
 
 
+def _undecodable(request) -> str | None:
+    """What of the request's path or Host is not UTF-8 once percent-decoded, if anything."""
+    try:
+        b"/".join(request.postpath).decode("utf-8")
+    except UnicodeDecodeError:
+        return "The path is not valid UTF-8 once percent-decoded"
+    try:
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return "The Host header is not valid UTF-8"
+    return None
+
+
 class DirectTriggers(Resource):
     """The API's root resource: POST /apps/{id}/events and batch_events straight to their handler,
     everything else to Klein. Werkzeug routing and Klein's Deferred chain cost about a fifth of a
@@ -168,6 +181,9 @@ class DirectTriggers(Resource):
         self._klein = klein_resource
 
     def render(self, request):
+        problem = _undecodable(request)
+        if problem is not None:  # Klein would fail on it with a traceback and an HTML page
+            return _json(request, 400, {"error": problem})
         if request.method == b"POST":
             match = PUBLISH_PATH.match(request.path)
             if match is not None:

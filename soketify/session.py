@@ -8,7 +8,6 @@ connection's ``backlog``), so a client never sees the reply to a later frame bef
 
 from __future__ import annotations
 
-import json
 from collections import deque
 
 from twisted.logger import Logger
@@ -180,7 +179,7 @@ class Sessions:
             return refuse_and_close(connection, protocol.UNAUTHORIZED,
                                     "Invalid signature for user_data and this socket")
         try:
-            user = json.loads(user_data)
+            user = protocol.loads(user_data)
         except ValueError:
             user = None
         user_id = user.get("id") if isinstance(user, dict) else None

@@ -61,7 +61,7 @@ def authorize(app: AppConfig, limits: LimitsConfig, connection, name: str, data:
         return _auth_error(f"Invalid signature for channel {name!r}, socket {socket_id} and "
                            "this channel_data")
     try:
-        member = json.loads(channel_data)
+        member = protocol.loads(channel_data)
     except ValueError:
         return Refusal("AuthError", "channel_data is not valid JSON", 400)
     if not isinstance(member, dict):
