@@ -213,6 +213,7 @@ class LimitsConfig:
     max_client_events_per_second: int = setting(10, positive)
     max_watchlist_size: int = setting(100, positive)
     cache_ttl: int = setting(1800, positive)
+    max_bad_frames_per_minute: int = setting(60, non_negative)
 
 
 @dataclass(frozen=True)

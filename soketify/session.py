@@ -13,6 +13,7 @@ from collections import deque
 from twisted.logger import Logger
 
 from soketify import client_events, protocol, signing, subscriptions
+from soketify.bad_frames import BadFrames
 from soketify.cluster.interfaces import ClusterUnavailable, MemberLimitReached
 from soketify.users import watchlist_events
 
@@ -29,6 +30,7 @@ class Sessions:
         self.hub = hub
         self.limits = limits
         self.clock = clock
+        self.bad_frames = BadFrames(clock, limits.max_bad_frames_per_minute)
         self._handlers = {
             protocol.PING: self._on_ping,
             protocol.PONG: self._on_pong,
@@ -81,15 +83,17 @@ class Sessions:
 
     def _dispatch(self, connection, message):
         if isinstance(message, protocol.ProtocolError):
-            connection.send(protocol.error(message.code, message.message))
-            return None
+            return self._bad_frame(connection, message.code, message.message)
         handler = self._handlers.get(message.event)
         if handler is not None:
             return handler(connection, message)
         if message.event.startswith(client_events.CLIENT_EVENT_PREFIX):
             return self._on_client_event(connection, message)
-        connection.send(protocol.error(None, f"Unsupported event {message.event!r}"))
-        return None
+        return self._bad_frame(connection, None, f"Unsupported event {message.event!r}")
+
+    def _bad_frame(self, connection, code: int | None, problem: str) -> None:
+        connection.send(protocol.error(code, problem))
+        self.bad_frames.seen(connection, problem)
 
     # -- keep-alive ----------------------------------------------------------------------------
 

@@ -41,6 +41,8 @@ class PusherServerProtocol(WebSocketServerProtocol):
     connected_at = 0.0
     client_event_window = 0.0
     client_events_in_window = 0
+    bad_frames_window = 0.0
+    bad_frames_in_window = 0
     _refusal: tuple[int, str] | None = None
     _paused = False
     _unsent_while_paused = 0
@@ -111,11 +113,12 @@ class PusherServerProtocol(WebSocketServerProtocol):
             return
         factory = self.factory
         self.last_activity = factory.clock.seconds()
-        if isBinary:
-            self.send(protocol.error(None, "Binary frames are not supported; send JSON text"))
-            return
         try:
-            factory.sessions.receive(self, protocol.decode(payload.decode("utf-8")))
+            if isBinary:
+                message = protocol.ProtocolError(None, "Binary frames are not supported; send JSON text")
+            else:
+                message = protocol.decode(payload.decode("utf-8"))
+            factory.sessions.receive(self, message)
         except Exception:
             # Autobahn would swallow it; log it and close only this connection.
             self._log.failure("Error handling a frame from {socket_id}", socket_id=self.socket_id)
@@ -157,6 +160,12 @@ class PusherServerProtocol(WebSocketServerProtocol):
                 transport.abortConnection()
                 return
         transport.write(frame)
+
+    @property
+    def remote_address(self) -> str:
+        """The client's IP address (or what stands for it on other transports), for logs."""
+        peer = self.transport.getPeer()
+        return getattr(peer, "host", None) or str(peer)
 
     @property
     def closing(self) -> bool:

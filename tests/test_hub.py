@@ -36,6 +36,9 @@ class FakeConnection:
     connected_at = 0.0
     client_event_window = 0.0
     client_events_in_window = 0
+    bad_frames_window = 0.0
+    bad_frames_in_window = 0
+    remote_address = "10.0.0.7"
 
     def __init__(self, socket_id: str, app=APP):
         self.socket_id = socket_id

@@ -26,6 +26,7 @@ class IConnection(Interface):
     authorized = Attribute("signed in, or subscribed to a channel that needs auth")
     closing = Attribute("True once a close was started (by either side)")
     closed = Attribute("True once the hub has forgotten the connection")
+    remote_address = Attribute("the client's IP address, for logs")
 
     def send(text: str) -> None:
         """Send one JSON text frame meant for this connection alone."""
