@@ -11,9 +11,18 @@ from soketify.config import AppConfig, LimitsConfig
 CLIENT_EVENT_PREFIX = "client-"
 
 
-def refusal(app: AppConfig, limits: LimitsConfig, connection, name: str, channel: Any,
-            data: Any, now: float) -> str | None:
-    """Why this client event is refused, or None to relay it. Counts it against the rate limit."""
+def refusal(app: AppConfig, connection, name: str, channel: Any, data: Any, now: float
+            ) -> tuple[str, str | None] | None:
+    """Why this client event is refused, and the app limit it is over if any (as /metrics names
+    it), or None to relay it. Counts it against the rate limit."""
+    why = _refusal(app, app.limits, connection, name, channel, data, now)
+    if why is None or isinstance(why, tuple):
+        return why
+    return why, None
+
+
+def _refusal(app: AppConfig, limits: LimitsConfig, connection, name: str, channel: Any, data: Any,
+             now: float) -> str | tuple[str, str] | None:
     if not app.client_events:
         return "Client events are not enabled for this app"
     if len(name) > limits.max_event_name_length:
@@ -30,13 +39,13 @@ def refusal(app: AppConfig, limits: LimitsConfig, connection, name: str, channel
     size = len(data.encode() if isinstance(data, str)
                else json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
     if size > limits.max_event_data_bytes:
-        return f"Event data is {size} bytes; at most {limits.max_event_data_bytes} allowed"
+        return f"Event data is {size} bytes; at most {limits.max_event_data_bytes} allowed", "event_payload"
     # A fixed one-second window per connection: two attributes, no timer.
     if now - connection.client_event_window >= 1.0:
         connection.client_event_window = now
         connection.client_events_in_window = 0
     if connection.client_events_in_window >= limits.max_client_events_per_second:
         return (f"Rate limit: at most {limits.max_client_events_per_second} client events "
-                "per second per connection")
+                "per second per connection", "client_events_per_second")
     connection.client_events_in_window += 1
     return None

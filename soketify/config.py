@@ -214,6 +214,9 @@ class LimitsConfig:
     max_watchlist_size: int = setting(100, positive)
     cache_ttl: int = setting(1800, positive)
     max_bad_frames_per_minute: int = setting(60, non_negative)
+    # Per app and node, in one-second windows; 0: no limit. Over them: HTTP 429.
+    max_backend_events_per_second: int = setting(0, non_negative)
+    max_read_requests_per_second: int = setting(0, non_negative)
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,39 @@ class AppConfig:
     authorization_timeout: int = setting(30, positive)
     subscription_count: bool = setting(False)
     webhooks: tuple[WebhookConfig, ...] = setting(())
+    # The app's own limits, with the names Soketi uses; 0 keeps the [limits] value (APP_LIMITS).
+    max_backend_events_per_second: int = setting(0, non_negative)
+    max_read_requests_per_second: int = setting(0, non_negative)
+    max_client_events_per_second: int = setting(0, non_negative)
+    max_presence_members: int = setting(0, non_negative)
+    max_presence_member_size_kb: int = setting(0, non_negative)
+    max_event_payload_kb: int = setting(0, non_negative)
+    max_event_channels_at_once: int = setting(0, non_negative)
+    max_event_batch_size: int = setting(0, non_negative)
+    max_channel_name_length: int = setting(0, non_negative)
+    # Every limit this app's clients and API calls get: [limits] with the app's own values (set
+    # when the config is read; an AppConfig made in code gets the [limits] defaults).
+    limits: "LimitsConfig" = field(default_factory=lambda: LimitsConfig(), compare=False, repr=False)
+
+    def with_limits(self, node: "LimitsConfig") -> "AppConfig":
+        """This app with ``limits`` = the node's [limits] and the app's own values over them."""
+        own = {limit: getattr(self, key) * scale for key, (limit, scale) in APP_LIMITS.items()
+               if getattr(self, key)}
+        return replace(self, limits=replace(node, **own))
+
+
+# [[apps]] key -> ([limits] field it overrides, the factor from the app's unit to the field's).
+APP_LIMITS = {
+    "max_backend_events_per_second": ("max_backend_events_per_second", 1),
+    "max_read_requests_per_second": ("max_read_requests_per_second", 1),
+    "max_client_events_per_second": ("max_client_events_per_second", 1),
+    "max_presence_members": ("max_presence_members", 1),
+    "max_presence_member_size_kb": ("max_user_info_bytes", 1024),
+    "max_event_payload_kb": ("max_event_data_bytes", 1024),
+    "max_event_channels_at_once": ("max_channels_per_event", 1),
+    "max_event_batch_size": ("max_batch_events", 1),
+    "max_channel_name_length": ("max_channel_name_length", 1),
+}
 
 
 @dataclass(frozen=True)
@@ -424,7 +460,8 @@ def parse(data: dict[str, Any], source: str = "<dict>") -> Config:
     config = reader.table(Config, data, "")
     if config is None:
         raise ConfigError(reader.problems)
-    return replace(config, source=source, document=data)
+    apps = tuple(app.with_limits(config.limits) for app in config.apps)
+    return replace(config, apps=apps, source=source, document=data)
 
 
 def from_document(sent: dict) -> Config:

@@ -39,15 +39,17 @@ def write_frame_to_each(subscribers: dict, frame: bytes, except_socket_id: str |
 @implementer(IClusterListener)
 class Hub:
     def __init__(self, apps: AppRegistry, cluster, frame: Callable[[bytes], bytes],
-                 limits: LimitsConfig, clock, webhooks=None, write_each=None):
+                 limits: LimitsConfig, clock, webhooks=None, write_each=None, on_refusal=None):
         """``write_each(subscribers, frame, except_socket_id)`` writes one frame to a channel's
-        subscribers (socket id -> connection); by default ``write_frame`` on each."""
+        subscribers (socket id -> connection); by default ``write_frame`` on each.
+        ``on_refusal(app_id, limit)`` counts a request or frame refused over an app limit."""
         self.apps = apps
         self.limits = limits
         self.clock = clock
         self.cluster = cluster
         self._frame = frame
         self._write_each = write_each or write_frame_to_each
+        self._on_refusal = on_refusal
         self._socket_numbers = count(1)
         self.connections: set = set()
         self._waiting_for_no_connections: list[Deferred] = []
@@ -245,6 +247,12 @@ class Hub:
             self._counts_changed_here.discard(key)
             self.webhooks.emit(app_id, {"name": "subscription_count", "channel": name,
                                         "subscription_count": count})
+
+    def refused(self, app_id: str, limit: str) -> None:
+        """Something of this app was refused over ``limit``: its [[apps]] key without "max_" and
+        "_kb" (event_payload, presence_members, backend_events_per_second...)."""
+        if self._on_refusal is not None:
+            self._on_refusal(app_id, limit)
 
     # -- publishing --------------------------------------------------------------------------
 

@@ -36,6 +36,13 @@ class Metrics:
             "soketify_webhook_events_dropped",
             "Webhook events given up after retrying for webhooks.retry_for seconds",
             ["app_id"], registry=self.registry)
+        self.refusals = Counter(
+            "soketify_limit_refusals",
+            "Requests and frames refused over an app limit, by the limit (the [[apps]] key)",
+            ["app_id", "limit"], registry=self.registry)
+
+    def refused(self, app_id: str, limit: str) -> None:
+        self.refusals.labels(app_id, limit).inc()
 
     def watch_hub(self, hub) -> None:
         self.registry.register(_ConnectionsCollector(hub))

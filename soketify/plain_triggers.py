@@ -18,10 +18,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
-from twisted.web.http import RESPONSES, datetimeToString
+from twisted.web.http import datetimeToString
 from twisted.web.server import version as TWISTED_WEB_VERSION
 from zope.interface import implementer
 
+from soketify.rest import REASON_PHRASES
 from soketify.socket_writes import send_now
 
 _END_OF_HEAD = b"\r\n\r\n"
@@ -167,7 +168,7 @@ class PlainTriggers(Protocol, TimeoutMixin):
                 self.transport.pauseProducing()
 
     def _write_answer(self, status: int, body: bytes) -> None:
-        data = _ANSWER_HEAD % (status, RESPONSES[status], datetimeToString(), len(body)) + body
+        data = _ANSWER_HEAD % (status, REASON_PHRASES[status], datetimeToString(), len(body)) + body
         transport = self.transport
         rest = send_now(transport, data)
         if rest:

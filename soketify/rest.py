@@ -15,6 +15,7 @@ from klein import Klein
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
@@ -43,9 +44,13 @@ def _dumps(body) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+# twisted.web's reason phrases, and those it lacks.
+REASON_PHRASES = {**RESPONSES, 429: b"Too Many Requests"}
+
+
 def _answer(request, status: int, encoded: bytes) -> bytes:
     """Set the status and headers of a JSON answer on a twisted.web request; returns the body."""
-    request.setResponseCode(status)
+    request.setResponseCode(status, REASON_PHRASES.get(status))
     request.setHeader(b"Content-Type", b"application/json")
     # Klein writes every answer after rendering, so without this twisted.web sends it chunked.
     request.setHeader(b"Content-Length", b"%d" % len(encoded))
@@ -207,6 +212,8 @@ class RestApi:
         self.limits = limits
         self._unready_reason = unready_reason
         self._metrics = metrics
+        # (app id, limit) -> [start of the current one-second window, calls counted in it]
+        self._rate_windows: dict[tuple[str, str], list] = {}
 
     def resource(self):
         return DirectTriggers(self, self.app.resource())
@@ -301,7 +308,29 @@ class RestApi:
         path = self._signed_path(app, method, path.decode("utf-8", "replace"), params)
         if not app.enabled:
             raise ApiError(403, "App is disabled")
+        if method == "GET":
+            self._within_rate(app, "read_requests_per_second", 1, "read requests")
         return ApiRequest(app, method, path, params, body)
+
+    def _over(self, app: AppConfig, limit: str, status: int, message: str) -> ApiError:
+        """The error for a call refused over one of the app's limits, counted in /metrics."""
+        self.hub.refused(app.id, limit)
+        return ApiError(status, message)
+
+    def _within_rate(self, app: AppConfig, limit: str, count: int, what: str) -> None:
+        """Count ``count`` calls against the app's per-second ``limit`` on this node (fixed
+        one-second windows), or refuse them all with 429 if they do not fit."""
+        per_second = getattr(app.limits, "max_" + limit)
+        if not per_second:
+            return
+        now = self.clock.seconds()
+        window = self._rate_windows.get((app.id, limit))
+        if window is None or now - window[0] >= 1.0:
+            window = self._rate_windows[(app.id, limit)] = [now, 0]
+        if window[1] + count > per_second:
+            raise self._over(app, limit, 429,
+                             f"Over this app's limit of {per_second} {what} per second; slow down")
+        window[1] += count
 
     def _find_app(self, app_id: str | None, params: Mapping[str, str]) -> AppConfig:
         if app_id is None:
@@ -348,11 +377,11 @@ class RestApi:
 
     # -- events --------------------------------------------------------------------------------
 
-    def _event(self, event: object, where: str, batch: bool) -> dict:
+    def _event(self, event: object, where: str, batch: bool, app: AppConfig) -> dict:
         """Validate one event; returns name, data, channels, socket_id and info attributes."""
         if not isinstance(event, dict):
             raise ApiError(400, f"{where}: an event must be a JSON object")
-        limits = self.limits
+        limits = app.limits
         name = event.get("name")
         if not isinstance(name, str) or not name:
             raise ApiError(400, f"{where}: name must be a non-empty string")
@@ -362,7 +391,8 @@ class RestApi:
         if not isinstance(data, str):
             raise ApiError(400, f"{where}: data must be a string")
         if len(data.encode("utf-8")) > limits.max_event_data_bytes:
-            raise ApiError(413, f"{where}: data is larger than {limits.max_event_data_bytes} bytes")
+            raise self._over(app, "event_payload", 413,
+                             f"{where}: data is larger than {limits.max_event_data_bytes} bytes")
         if "channels" in event and not batch:
             channels = event["channels"]
             if not isinstance(channels, list) or not channels:
@@ -372,11 +402,10 @@ class RestApi:
         else:
             raise ApiError(400, f"{where}: channel{'' if batch else 's'} is required")
         if len(channels) > limits.max_channels_per_event:
-            raise ApiError(400, f"{where}: more than {limits.max_channels_per_event} channels")
+            raise self._over(app, "event_channels", 400,
+                             f"{where}: more than {limits.max_channels_per_event} channels")
         for channel in channels:
-            problem = protocol.channel_name_problem(channel, limits.max_channel_name_length)
-            if problem is not None:
-                raise ApiError(400, f"{where}: {problem}: {channel!r}")
+            self._check_channel_name(app, channel, f"{where}: ")
         if len(channels) > 1 and any(protocol.is_encrypted(c) for c in channels):
             raise ApiError(400, f"{where}: an encrypted channel cannot be triggered with other channels")
         socket_id = event.get("socket_id")
@@ -417,9 +446,19 @@ class RestApi:
             return answer.addCallback(lambda answer: _answer(request, *answer))
         return _answer(request, *answer)
 
+    def _check_channel_name(self, app: AppConfig, channel, where: str = "") -> None:
+        problem = protocol.channel_name_problem(channel, app.limits.max_channel_name_length)
+        if problem is None:
+            return
+        message = f"{where}{problem}: {channel!r}" if where else problem
+        if isinstance(channel, str) and len(channel) > app.limits.max_channel_name_length:
+            raise self._over(app, "channel_name_length", 400, message)
+        raise ApiError(400, message)
+
     def _publish_event(self, api: ApiRequest) -> Answer | Deferred:
         # Not a coroutine: a trigger without `info` (nearly all of them) is answered at once.
-        event = self._event(api.json_object(), "event", batch=False)
+        event = self._event(api.json_object(), "event", False, api.app)
+        self._within_rate(api.app, "backend_events_per_second", 1, "events")
         self._require_cluster()
         self.hub.publish(api.app.id, event["channels"], event["name"], event["data"],
                          event["socket_id"])
@@ -432,10 +471,12 @@ class RestApi:
         batch = api.json_object().get("batch")
         if not isinstance(batch, list) or not batch:
             raise ApiError(400, "batch must be a non-empty list of events")
-        if len(batch) > self.limits.max_batch_events:
-            raise ApiError(400, f"batch has more than {self.limits.max_batch_events} events")
+        if len(batch) > api.app.limits.max_batch_events:
+            raise self._over(api.app, "event_batch_size", 400,
+                             f"batch has more than {api.app.limits.max_batch_events} events")
         # Validate everything first: a batch is published whole or not at all.
-        events = [self._event(e, f"batch[{i}]", batch=True) for i, e in enumerate(batch)]
+        events = [self._event(e, f"batch[{i}]", True, api.app) for i, e in enumerate(batch)]
+        self._within_rate(api.app, "backend_events_per_second", len(events), "events")
         self._require_cluster()
         for event in events:
             self.hub.publish(api.app.id, event["channels"], event["name"], event["data"],
@@ -467,9 +508,7 @@ class RestApi:
     @app.route("/apps/<string:app_id>/channels/<string:channel>", methods=["GET"])
     async def channel(self, request, app_id, channel):
         api = self._authenticate(request, app_id)
-        problem = protocol.channel_name_problem(channel, self.limits.max_channel_name_length)
-        if problem is not None:
-            raise ApiError(400, problem)
+        self._check_channel_name(api.app, channel)
         info = api.info(CHANNEL_INFO)
         if "user_count" in info and not protocol.is_presence(channel):
             raise ApiError(400, "info=user_count is only available for presence channels")
@@ -487,9 +526,7 @@ class RestApi:
         api = self._authenticate(request, app_id)
         if not protocol.is_presence(channel):
             raise ApiError(400, "Users can only be listed on presence channels")
-        problem = protocol.channel_name_problem(channel, self.limits.max_channel_name_length)
-        if problem is not None:
-            raise ApiError(400, problem)
+        self._check_channel_name(api.app, channel)
         members = await self.hub.channel_members(api.app.id, channel)
         return _json(request, 200, {"users": [{"id": user_id} for user_id in members]})
 

@@ -119,12 +119,17 @@ class Sessions:
         name = self._requested_channel(connection, message)
         if name is None:
             return None
-        problem = protocol.channel_name_problem(name, self.limits.max_channel_name_length)
+        app = connection.app
+        problem = protocol.channel_name_problem(name, app.limits.max_channel_name_length)
         if problem is not None:
+            if len(name) > app.limits.max_channel_name_length:
+                self.hub.refused(app.id, "channel_name_length")
             connection.send(protocol.subscription_error(name, "InvalidChannel", problem, 400))
             return None
-        decision = subscriptions.authorize(connection.app, self.limits, connection, name, message.data)
+        decision = subscriptions.authorize(app, app.limits, connection, name, message.data)
         if isinstance(decision, subscriptions.Refusal):
+            if decision.limit is not None:
+                self.hub.refused(app.id, decision.limit)
             connection.send(protocol.subscription_error(name, decision.kind, decision.message,
                                                         decision.status))
             return None
@@ -137,6 +142,7 @@ class Sessions:
         if connection.closed:
             return
         if isinstance(result, MemberLimitReached):
+            self.hub.refused(connection.app.id, "presence_members")
             connection.send(protocol.subscription_error(
                 name, "LimitReached", f"Presence channel {name!r} already has {result.limit} members",
                 protocol.OVER_CAPACITY))
@@ -165,9 +171,12 @@ class Sessions:
     # -- client events -------------------------------------------------------------------------
 
     def _on_client_event(self, connection, message) -> None:
-        why = client_events.refusal(connection.app, self.limits, connection, message.event,
-                                    message.channel, message.data, self.clock.seconds())
-        if why is not None:
+        refused = client_events.refusal(connection.app, connection, message.event,
+                                        message.channel, message.data, self.clock.seconds())
+        if refused is not None:
+            why, limit = refused
+            if limit is not None:
+                self.hub.refused(connection.app.id, limit)
             connection.send(protocol.error(protocol.CLIENT_EVENT_REJECTED, why))
             return
         self.hub.client_event(connection, message.event, message.channel, message.data)

@@ -24,6 +24,7 @@ class Refusal:
     kind: str  # AuthError, LimitReached, InvalidChannel
     message: str
     status: int
+    limit: str | None = None  # the limit refused over, as /metrics names it (LIMIT_REASONS)
 
 
 def _auth_error(message: str) -> Refusal:
@@ -84,5 +85,5 @@ def _member(limits: LimitsConfig, user_id: str, user_info: Any) -> Grant | Refus
         if size > limits.max_user_info_bytes:
             return Refusal("LimitReached",
                            f"user_info is {size} bytes; at most {limits.max_user_info_bytes} allowed",
-                           protocol.OVER_CAPACITY)
+                           protocol.OVER_CAPACITY, "presence_member_size")
     return Grant((user_id, user_info))

@@ -98,7 +98,8 @@ class SoketifyService(service.MultiService):
                                          delivered=self.metrics.webhook_delivered)
             self.cluster = make_cluster(config, reactor)
         self.hub = Hub(AppRegistry(config.apps), self.cluster, text_frame, config.limits, reactor,
-                       webhooks=self.webhooks, write_each=write_to_subscribers)
+                       webhooks=self.webhooks, write_each=write_to_subscribers,
+                       on_refusal=self.metrics.refused)
         self.metrics.watch_hub(self.hub)
         self.websocket = PusherServerFactory(
             self.hub, Sessions(self.hub, config.limits, reactor), reactor, server.activity_timeout,

@@ -9,7 +9,7 @@ so far has reached every node). Each test states a promise a user can see throug
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from twisted.internet import reactor, task
 from twisted.internet.defer import gatherResults, inlineCallbacks, succeed
@@ -18,7 +18,7 @@ from zope.interface.verify import verifyObject
 
 from soketify import protocol
 from soketify.cluster.interfaces import ICluster, IClusterListener, Joined, MemberLimitReached
-from soketify.config import AppConfig
+from soketify.config import AppConfig, LimitsConfig
 
 APP = AppConfig(id="100", key="contract-key", secret="contract-secret", subscription_count=True,
                 max_connections=3)
@@ -229,13 +229,15 @@ class ClusterContract:
 
     @inlineCallbacks
     def test_member_limit_counts_distinct_users_in_the_cluster(self):
-        """The presence limit refuses a new user when the channel is full; a member may add sockets."""
+        """The app's presence limit refuses a new user when the channel is full; a member may add
+        sockets."""
         a, b = yield self.make_nodes(2, max_presence_members=2)
-        yield a.cluster.join(APP, "presence-f", a.socket(1), ("u1", None))
-        yield b.cluster.join(APP, "presence-f", b.socket(2), ("u2", None))
-        refused = yield a.cluster.join(APP, "presence-f", a.socket(3), ("u3", None))
+        app = APP.with_limits(replace(LimitsConfig(), max_presence_members=2))
+        yield a.cluster.join(app, "presence-f", a.socket(1), ("u1", None))
+        yield b.cluster.join(app, "presence-f", b.socket(2), ("u2", None))
+        refused = yield a.cluster.join(app, "presence-f", a.socket(3), ("u3", None))
         self.assertEqual(refused, MemberLimitReached(2))
-        again = yield b.cluster.join(APP, "presence-f", b.socket(4), ("u1", None))
+        again = yield b.cluster.join(app, "presence-f", b.socket(4), ("u1", None))
         self.assertIsInstance(again, Joined)
         stats = yield a.cluster.channel_stats(APP.id, ["presence-f"])
         self.assertEqual((stats["presence-f"].subscription_count, stats["presence-f"].user_count),

@@ -51,7 +51,10 @@ class AmpNodes(NodesOnTheReactor):
 
     async def _start_nodes(self, count, **limits):
         self.sink = RecordingSink()
-        self.host = AmpHost(reactor, [APP, OTHER_APP], replace(LimitsConfig(), **limits), GRACE,
+        node_limits = replace(LimitsConfig(), **limits)
+        # The supervisor's apps carry their limits, as a config read from a file gives them.
+        self.host = AmpHost(reactor, [app.with_limits(node_limits) for app in (APP, OTHER_APP)],
+                            node_limits, GRACE,
                             self.sink, workers_wanted=count)
         self.host.start()
         self.addCleanup(self.host.stop)

@@ -227,10 +227,11 @@ class RedisFailureTests(RedisNodes, unittest.TestCase):
                          "the old incarnation's subscriptions went with its connection")
 
     async def _refused_join_leaves_nothing(self):
-        (a,) = await self._start_nodes(1, max_presence_members=1)
-        await a.cluster.join(APP, "presence-full", a.socket(1), ("u1", None))
+        (a,) = await self._start_nodes(1)
+        app = APP.with_limits(replace(LimitsConfig(), max_presence_members=1))
+        await a.cluster.join(app, "presence-full", a.socket(1), ("u1", None))
         for n in range(2, 6):
-            refused = await a.cluster.join(APP, "presence-full", a.socket(n), (f"u{n}", None))
+            refused = await a.cluster.join(app, "presence-full", a.socket(n), (f"u{n}", None))
             self.assertEqual(refused, MemberLimitReached(1))
         await a.cluster.leave(APP, "presence-full", a.socket(1), "u1")
         await self.settle([a])

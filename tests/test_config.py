@@ -325,13 +325,15 @@ class DeclaredRulesTests(unittest.TestCase):
         self.assertIn("F: cluster.node_timeout: must not be negative, not -1", expected)
 
     def test_zero_is_refused_only_where_a_field_declares_positive(self):
-        """0 is refused for every positive field; max_connections, grace and max_bad_frames_per_minute
-        declare 0 as allowed."""
+        """0 is refused for every positive field; max_connections, grace, the rate limits and the
+        apps' own limits (0: the [limits] value) declare 0 as allowed."""
         data = {name: {key: 0 for key in int_fields(cls)} for name, cls in SECTIONS.items()}
         data["apps"] = [dict(APP, **{key: 0 for key in int_fields(config.AppConfig)})]
         spots = [f"{name}.{key}" for name, cls in SECTIONS.items() for key in int_fields(cls)]
         spots += [f"apps[0].{key}" for key in int_fields(config.AppConfig)]
-        zero_allowed = ("apps[0].max_connections", "webhooks.grace", "limits.max_bad_frames_per_minute")
+        zero_allowed = ("apps[0].max_connections", "webhooks.grace", "limits.max_bad_frames_per_minute",
+                        "limits.max_backend_events_per_second", "limits.max_read_requests_per_second",
+                        *(f"apps[0].{key}" for key in config.APP_LIMITS))
         positive = [spot for spot in spots if spot not in zero_allowed]
         self.assertEqual(len(positive), len(spots) - len(zero_allowed))
         self.assertEqual(sorted(parse_problems(data)),

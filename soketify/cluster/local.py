@@ -98,7 +98,7 @@ class LocalCluster(service.Service):
         user_id = None
         if state.members is not None and member is not None:
             user_id, user_info = member
-            limit = self._limits.max_presence_members
+            limit = app.limits.max_presence_members
             if user_id not in state.members and len(state.members) >= limit:
                 return MemberLimitReached(limit)
         added = None

@@ -348,7 +348,7 @@ class RedisCluster(service.Service):
         added = protocol.member_added(channel, user_id, user_info) if member is not None else ""
         joined = self._run(redis, scripts.JOIN, self._app_keys[app.id], channel, socket_id, user_id,
                            json.dumps(user_info, separators=(",", ":"), ensure_ascii=False),
-                           self._limits.max_presence_members, added,
+                           app.limits.max_presence_members, added,
                            1 if protocol.is_cache(channel) else 0)
         return joined.addCallbacks(self._joined, self._not_joined, (app, channel, socket_id), None,
                                    (app, channel, socket_id))
@@ -361,7 +361,7 @@ class RedisCluster(service.Service):
             self._declared_dead()
             raise ClusterUnavailable()
         if status == -2:
-            return MemberLimitReached(self._limits.max_presence_members)
+            return MemberLimitReached(app.limits.max_presence_members)
         members = None
         if protocol.is_presence(channel):
             rest = reply[3:]
