@@ -25,9 +25,11 @@ log = Logger()
 RESERVED_HEADERS = frozenset(("content-type", "x-pusher-key", "x-pusher-signature"))
 
 
-# Retries wait 1 s, 2 s, 4 s ... (each with jitter), never more than a minute.
+# Retries wait 1 s, 2 s, 4 s ... times a jitter factor between 0.5 and 1, never more than 30 s: a
+# target that comes back after an outage is tried again within 30 s, and once it answers 2xx what
+# waited behind the retried batch is sent at once (one batch after another, in order).
 FIRST_RETRY_DELAY = 1.0
-MAX_RETRY_DELAY = 60.0
+MAX_RETRY_DELAY = 30.0
 
 
 @dataclass
@@ -113,8 +115,8 @@ class Target:
     def _retry(self, batch, first_attempt_at: float, attempt: int, why: str) -> None:
         settings = self._settings
         now = self._clock.seconds()
-        delay = min(FIRST_RETRY_DELAY * 2 ** attempt, MAX_RETRY_DELAY)
-        delay *= 0.5 + self._jitter()  # jitter: receivers coming back are not hit all at once
+        # Jitter: receivers coming back are not hit by every server at once.
+        delay = min(FIRST_RETRY_DELAY * 2 ** attempt, MAX_RETRY_DELAY) * (0.5 + self._jitter() / 2)
         if now + delay - first_attempt_at > settings.retry_for:
             log.error("Dropping {count} webhook events for {url} after {seconds:.0f} s of failed "
                       "attempts (last: {why})", count=len(batch), url=self.webhook.url,
