@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Iterable
 
 from soketify.config import AppConfig
+
+
+def origin_allowed(allowed: tuple[str, ...], origin: str | None) -> bool:
+    """Whether a connection with this Origin header may open, for an app with these
+    allowed_origins: an empty list, or no Origin at all (not a browser), allows it; "*" in a
+    pattern stands for any characters; case does not matter."""
+    if not allowed or origin is None:
+        return True
+    origin = origin.lower()
+    return any(fnmatchcase(origin, pattern.lower()) for pattern in allowed)
 
 
 class AppRegistry:

@@ -192,6 +192,9 @@ class ServerConfig:
     state_dir: str = setting("/var/lib/soketify", not_empty)
     # Worker processes sharing the listening ports: 1 is one process; "auto" is one per CPU core.
     workers: int | str = setting(1, worker_count, expected='a positive integer or "auto"')
+    # Per client IP address and node; 0: no limit. Over them a WebSocket client gets 4100.
+    max_connections_per_ip: int = setting(0, non_negative)
+    max_handshakes_per_ip_per_second: int = setting(0, non_negative)
 
     @property
     def worker_count(self) -> int:
@@ -258,6 +261,9 @@ class AppConfig:
     authorization_timeout: int = setting(30, positive)
     subscription_count: bool = setting(False)
     webhooks: tuple[WebhookConfig, ...] = setting(())
+    # Browser origins (the Origin header) that may connect: exact ("https://example.com") or with
+    # "*" ("https://*.example.com"); empty: any. Clients that send no Origin are not browsers.
+    allowed_origins: tuple[str, ...] = setting((), expected="a non-empty list of origins")
     # The app's own limits, with the names Soketi uses; 0 keeps the [limits] value (APP_LIMITS).
     max_backend_events_per_second: int = setting(0, non_negative)
     max_read_requests_per_second: int = setting(0, non_negative)

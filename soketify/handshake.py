@@ -39,6 +39,7 @@ class Upgrade(NamedTuple):
     path: str           # the request path, still percent-encoded (as Autobahn gives it)
     protocol: str | None  # the first non-empty ``protocol`` query value, as parse_qs would give it
     key: str            # Sec-WebSocket-Key
+    origin: str | None = None  # the Origin header, if any
 
 
 def plain_upgrade(head: bytes) -> Upgrade | None:
@@ -65,7 +66,7 @@ def plain_upgrade(head: bytes) -> Upgrade | None:
     path, _, query = uri.partition("?")
     if uri.startswith("//") or "#" in uri or ";" in path or "%" in query or "+" in query:
         return None
-    return Upgrade(path, _first_protocol(query), headers["sec-websocket-key"])
+    return Upgrade(path, _first_protocol(query), headers["sec-websocket-key"], headers.get("origin"))
 
 
 def _plain_headers(headers: dict[str, str]) -> bool:

@@ -14,6 +14,7 @@ from twisted.python import usage
 
 from soketify import autobahn_tuning, protocol
 from soketify.activity import ActivityMonitor
+from soketify.address_limits import AddressLimits
 from soketify.apps import AppRegistry
 from soketify.cluster import make_cluster
 from soketify.cluster.amp_worker import ForwardedWebhooks
@@ -103,7 +104,9 @@ class SoketifyService(service.MultiService):
         self.metrics.watch_hub(self.hub)
         self.websocket = PusherServerFactory(
             self.hub, Sessions(self.hub, config.limits, reactor), reactor, server.activity_timeout,
-            server.max_message_size, server.max_send_buffer)
+            server.max_message_size, server.max_send_buffer,
+            AddressLimits(reactor, server.max_connections_per_ip,
+                          server.max_handshakes_per_ip_per_second))
         autobahn_tuning.options_on_class(self.websocket)
         auth_timeouts = [a.authorization_timeout for a in config.apps if a.authorized_connections]
         self.activity = ActivityMonitor(reactor, self.hub.connections,

@@ -10,6 +10,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from soketify import protocol
+from soketify.address_limits import AddressLimits
+from soketify.apps import origin_allowed
 from soketify.autobahn_tuning import (
     STATE_OPEN, install_open_state_defaults, is_open, mark_closing, new_traffic_totals,
     opened_connection, shed_open_state)
@@ -43,6 +45,7 @@ class PusherServerProtocol(WebSocketServerProtocol):
     client_events_in_window = 0
     bad_frames_window = 0.0
     bad_frames_in_window = 0
+    _counted_address: str | None = None  # counted by the factory's AddressLimits
     _refusal: tuple[int, str] | None = None
     _paused = False
     _unsent_while_paused = 0
@@ -50,12 +53,14 @@ class PusherServerProtocol(WebSocketServerProtocol):
     def onConnect(self, request):
         """Decide now, answer in onOpen: pusher-js reads errors as a frame and a close code."""
         versions = request.params.get("protocol")
-        self._refusal = self._admission(request.path, versions[0] if versions else None)
+        self._refusal = self._admission(request.path, versions[0] if versions else None,
+                                        request.origin or None)
         return None
 
-    def _admission(self, path: str, version_text: str | None) -> tuple[int, str] | None:
-        """Why this request for ``path`` (percent-encoded) with this ``protocol`` query value may
-        not connect, as a Pusher error code and message; None when it may."""
+    def _admission(self, path: str, version_text: str | None, origin: str | None
+                   ) -> tuple[int, str] | None:
+        """Why this request for ``path`` (percent-encoded) with this ``protocol`` query value and
+        Origin header may not connect, as a Pusher error code and message; None when it may."""
         factory = self.factory
         if factory.stopping:
             return protocol.RECONNECT_NOW, "Server is shutting down"
@@ -75,6 +80,10 @@ class PusherServerProtocol(WebSocketServerProtocol):
         self.app = factory.hub.apps.by_key(key)
         if self.app is None:
             return protocol.APP_NOT_FOUND, "App key not in this cluster"
+        if not origin_allowed(self.app.allowed_origins, origin):
+            # 4009 rather than an HTTP 403: pusher-js reads a close code and stops retrying, where
+            # a refused handshake would look like a network failure and be retried forever.
+            return protocol.UNAUTHORIZED, f"Origin {origin!r} is not allowed for this app"
         return None
 
     def onOpen(self):
@@ -88,6 +97,14 @@ class PusherServerProtocol(WebSocketServerProtocol):
         answer still to send when the handshake was answered without Autobahn; it goes out in one
         write with the first frame."""
         factory = self.factory
+        addresses = factory.address_limits
+        if refusal is None and addresses.enabled:
+            address = self.remote_address
+            why = addresses.admit(address)
+            if why is None:
+                self._counted_address = address
+            else:
+                refusal = protocol.OVER_CAPACITY, why
         if refusal is None:
             # Counted here, once the handshake is done, so a failed handshake takes no place.
             refusal = factory.hub.admit(self.app)
@@ -125,6 +142,9 @@ class PusherServerProtocol(WebSocketServerProtocol):
             self.close(protocol.RECONNECT_NOW, "Internal server error")
 
     def onClose(self, wasClean, code, reason):
+        if self._counted_address is not None:
+            self.factory.address_limits.release(self._counted_address)
+            self._counted_address = None
         if self.socket_id is not None and not self.closed:
             try:
                 self.factory.hub.disconnect(self)
@@ -226,8 +246,9 @@ class PusherServerFactory(WebSocketServerFactory):
     protocol = PusherServerProtocol
 
     def __init__(self, hub, sessions, clock, activity_timeout: int, max_message_size: int,
-                 max_send_buffer: int):
+                 max_send_buffer: int, address_limits: AddressLimits | None = None):
         super().__init__()
+        self.address_limits = address_limits or AddressLimits(clock, 0, 0)
         self.hub = hub
         self.sessions = sessions
         self.clock = clock
@@ -264,7 +285,7 @@ class PusherServerFactory(WebSocketServerFactory):
             return None
         connection = opened_connection(self, transport, self.traffic_totals)
         try:
-            connection.greet(connection._admission(upgrade.path, upgrade.protocol),
+            connection.greet(connection._admission(upgrade.path, upgrade.protocol, upgrade.origin),
                              self._switching_protocols + accept_value(upgrade.key) + b"\r\n\r\n")
         except Exception:
             # As a failing onOpen would: logged, this connection alone dropped (its loss is still

@@ -333,6 +333,7 @@ class DeclaredRulesTests(unittest.TestCase):
         spots += [f"apps[0].{key}" for key in int_fields(config.AppConfig)]
         zero_allowed = ("apps[0].max_connections", "webhooks.grace", "limits.max_bad_frames_per_minute",
                         "limits.max_backend_events_per_second", "limits.max_read_requests_per_second",
+                        "server.max_connections_per_ip", "server.max_handshakes_per_ip_per_second",
                         *(f"apps[0].{key}" for key in config.APP_LIMITS))
         positive = [spot for spot in spots if spot not in zero_allowed]
         self.assertEqual(len(positive), len(spots) - len(zero_allowed))

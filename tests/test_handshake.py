@@ -42,7 +42,7 @@ def changed(request: str, old: str, new: str) -> str:
 # Plain requests: (request, what plain_upgrade reads from it).
 PLAIN = [
     (NODE, Upgrade("/app/app-key", "7", KEY)),
-    (BROWSER, Upgrade("/app/app-key", "7", KEY)),
+    (BROWSER, Upgrade("/app/app-key", "7", KEY, "http://localhost:8000")),
     (changed(NODE, "Upgrade: websocket", "upgrade:   WebSocket"), Upgrade("/app/app-key", "7", KEY)),
     (changed(NODE, "Connection: Upgrade", "Connection: keep-alive, Upgrade"),
      Upgrade("/app/app-key", "7", KEY)),
@@ -54,7 +54,7 @@ PLAIN = [
      Upgrade("/app/app-key", "7", KEY)),
     (changed(NODE, "/app/app-key", "/app/nope"), Upgrade("/app/nope", "7", KEY)),
     (changed(BROWSER, "Origin: http://localhost:8000", "Origin: https://Example.COM"),
-     Upgrade("/app/app-key", "7", KEY)),
+     Upgrade("/app/app-key", "7", KEY, "https://Example.COM")),
 ]
 
 # Requests left to Autobahn: each differs from a plain one in one way.
