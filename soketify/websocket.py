@@ -199,8 +199,10 @@ class PusherServerProtocol(WebSocketServerProtocol):
     # -- push producer: the transport tells us when the client stops reading ------------------
 
     def pauseProducing(self):
-        self._paused = True
-        self._unsent_while_paused = 0
+        # Twisted calls this on every write while its buffer is over the mark: count from the first.
+        if not self._paused:
+            self._paused = True
+            self._unsent_while_paused = 0
 
     def resumeProducing(self):
         self._paused = False

@@ -246,6 +246,18 @@ class SlowClientTests(unittest.TestCase):
         stats = self.successResultOf(rig.hub.channel_stats("app-id", ["news"]))
         self.assertEqual(stats["news"].subscription_count, 1)
 
+    def test_pressure_reported_on_every_write_still_adds_up(self):
+        """Twisted calls pauseProducing on every write while its buffer is over the mark; the
+        unsent bytes still add up from the first pause, so the client is dropped."""
+        rig = Rig(self, make_config(server={"max_send_buffer": 10000}))
+        slow = rig.connect()
+        slow.subscribe("news")
+        for _ in range(20):
+            slow.transport.protocol.pauseProducing()
+            rig.hub.publish("app-id", ["news"], "e", "x" * 1000)
+        rig.advance(1)
+        self.assertTrue(slow.transport.lost)
+
 
 class GracefulStopTests(unittest.TestCase):
     def test_stop_moves_every_client_with_4200_and_finishes(self):
