@@ -70,6 +70,8 @@ describe('a subscriber that stops reading', () => {
     const channel = 'slow-reader';
     const good = await RawClient.connect(daemon, { label: 'good reader' });
     clients.push(good);
+    const arrivedAt = [];
+    good.ws.on('message', () => arrivedAt.push(Date.now()));
     await good.subscribe(channel);
     const slow = await neverReading(daemon, channel);
     sockets.push(slow);
@@ -99,6 +101,14 @@ describe('a subscriber that stops reading', () => {
     // The daemon has let the slow reader go: one subscriber left on the channel.
     await pollUntil(async () => (await count()) === 1, { timeout: 10000, what: 'the slow reader to be dropped' });
 
+    // Latency of the good reader: from the POST of each batch to the arrival of its events.
+    const delays = numbers.map((n, i) => arrivedAt[arrivedAt.length - EVENTS + i]
+      - sentAt.get(n - (n % BATCH))).sort((x, y) => x - y);
+    const p50 = delays[Math.floor(delays.length / 2)];
+    const p99 = delays[Math.floor(delays.length * 0.99)];
+    console.log(`slow reader: the good reader's latency p50 ${p50} ms, p99 ${p99} ms, max `
+      + `${delays[delays.length - 1]} ms`);
+    assert.ok(p99 < 1000, `p99 ${p99} ms`);
     const growthKb = rssPeak - rssBefore;
     console.log(`slow reader: RSS ${rssBefore} KB before, peak ${rssPeak} KB (+${growthKb} KB) while `
       + `${EVENTS} events of 10 KB (${(EVENTS * 10) / 1024} MB per subscriber) were published; `
