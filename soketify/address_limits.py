@@ -17,6 +17,7 @@ class AddressLimits:
         self.enabled = bool(max_connections or max_handshakes_per_second)
         self._connections: dict[str, int] = {}
         self._handshakes: dict[str, list] = {}  # address -> [start of its second, handshakes]
+        self._pruned_at = 0.0
 
     def admit(self, address: str) -> str | None:
         """Count one new connection from ``address``, or say why it is refused (then not counted).
@@ -24,10 +25,12 @@ class AddressLimits:
         if self._max_handshakes:
             now = self._clock.seconds()
             window = self._handshakes.get(address)
-            if window is None or now - window[0] >= 1.0:
-                if len(self._handshakes) > 10000:  # forget the addresses whose second is over
+            if window is None or not 0 <= now - window[0] < 1.0:  # (a clock set back starts anew)
+                if len(self._handshakes) > 10000 and now - self._pruned_at >= 1.0:
+                    # Forget the addresses whose second is over, at most once a second.
+                    self._pruned_at = now
                     self._handshakes = {a: w for a, w in self._handshakes.items()
-                                        if now - w[0] < 1.0}
+                                        if 0 <= now - w[0] < 1.0}
                 window = self._handshakes[address] = [now, 0]
             window[1] += 1
             if window[1] > self._max_handshakes:

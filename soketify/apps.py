@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
+import re
+from functools import lru_cache
 from typing import Iterable
 
 from soketify.config import AppConfig
@@ -11,11 +12,16 @@ from soketify.config import AppConfig
 def origin_allowed(allowed: tuple[str, ...], origin: str | None) -> bool:
     """Whether a connection with this Origin header may open, for an app with these
     allowed_origins: an empty list, or no Origin at all (not a browser), allows it; "*" in a
-    pattern stands for any characters; case does not matter."""
+    pattern stands for any characters (nothing else is special); case does not matter."""
     if not allowed or origin is None:
         return True
-    origin = origin.lower()
-    return any(fnmatchcase(origin, pattern.lower()) for pattern in allowed)
+    return _origins_pattern(allowed).fullmatch(origin) is not None
+
+
+@lru_cache(maxsize=256)
+def _origins_pattern(allowed: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join(re.escape(pattern).replace(r"\*", ".*") for pattern in allowed),
+                      re.IGNORECASE)
 
 
 class AppRegistry:

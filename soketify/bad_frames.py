@@ -28,6 +28,7 @@ class BadFrames:
         self._clock = clock
         self._max_per_minute = max_per_minute
         self._windows: dict[str, list] = {}  # address -> [start of its minute, frames not logged]
+        self._pruned_at = 0.0
 
     def seen(self, connection, problem: str) -> None:
         """Count one bad frame of ``connection`` (already answered with ``problem``); close the
@@ -36,7 +37,7 @@ class BadFrames:
         self._log(connection, problem, now)
         if not self._max_per_minute:
             return
-        if now - connection.bad_frames_window >= WINDOW:
+        if not 0 <= now - connection.bad_frames_window < WINDOW:  # (a clock set back starts anew)
             connection.bad_frames_window = now
             connection.bad_frames_in_window = 0
         connection.bad_frames_in_window += 1
@@ -47,18 +48,19 @@ class BadFrames:
     def _log(self, connection, problem: str, now: float) -> None:
         address = connection.remote_address
         window = self._windows.get(address)
-        if window is not None and now - window[0] < WINDOW:
+        if window is not None and 0 <= now - window[0] < WINDOW:
             window[1] += 1
             return
         if window is not None and window[1]:
             log.info("... and {count} more bad frames from {address} in the {seconds:.0f} s after "
                      "that", count=window[1], address=address, seconds=WINDOW)
-        if window is None and len(self._windows) >= MAX_ADDRESSES:
+        if window is None and len(self._windows) >= MAX_ADDRESSES and now - self._pruned_at >= WINDOW:
+            self._pruned_at = now  # at most once a minute
             self._forget_old(now)
         self._windows[address] = [now, 0]
         log.info("Bad frame from {address} ({socket_id}): {problem}", address=address,
                  socket_id=connection.socket_id, problem=problem)
 
     def _forget_old(self, now: float) -> None:
-        for address in [a for a, (start, _) in self._windows.items() if now - start >= WINDOW]:
+        for address in [a for a, (start, _) in self._windows.items() if not 0 <= now - start < WINDOW]:
             del self._windows[address]

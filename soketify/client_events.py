@@ -41,7 +41,7 @@ def _refusal(app: AppConfig, limits: LimitsConfig, connection, name: str, channe
     if size > limits.max_event_data_bytes:
         return f"Event data is {size} bytes; at most {limits.max_event_data_bytes} allowed", "event_payload"
     # A fixed one-second window per connection: two attributes, no timer.
-    if now - connection.client_event_window >= 1.0:
+    if not 0 <= now - connection.client_event_window < 1.0:  # (a clock set back starts anew)
         connection.client_event_window = now
         connection.client_events_in_window = 0
     if connection.client_events_in_window >= limits.max_client_events_per_second:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from math import isfinite
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +121,25 @@ class ProtocolError:
     message: str
 
 
+# Deepest nesting of arrays and objects a client may send: far beyond any real use, and shallow
+# enough that encoding the value again (a relayed client event) cannot reach Python's recursion limit.
+MAX_JSON_DEPTH = 100
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not isfinite(value):
+        raise ValueError(f"JSON number {text} is out of range")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+# NaN, Infinity and numbers that overflow to infinity are refused: relayed, they would not be JSON.
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+
 # A lone surrogate can only come from a \uD800-\uDFFF escape (raw text is decoded strictly).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -127,18 +147,35 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def loads(text: str | bytes) -> Any:
     """JSON sent by a client, or ValueError (with what is wrong) for anything the server could not
-    handle or send back: not JSON, not UTF-8, nested too deeply for the decoder (which would raise
-    RecursionError), or holding a lone surrogate (a \\uD800-\\uDFFF escape without its pair, which
+    handle or send back: not JSON, not UTF-8, NaN or an infinite number, nested deeper than
+    MAX_JSON_DEPTH, or holding a lone surrogate (a \\uD800-\\uDFFF escape without its pair, which
     no UTF-8 text can carry, so an echo of it would fail)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")  # strict: UnicodeDecodeError is a ValueError
     try:
-        value = json.loads(text)
+        value = _DECODER.decode(text)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    # Counted only when the text could be that deep (two scans in C for ordinary frames).
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     if _SURROGATE_ESCAPE.search(text) is not None and _holds_lone_surrogate(value):
         raise ValueError("JSON text with a lone surrogate (\\uD800-\\uDFFF)")
     return value
+
+
+def _depth(value: Any) -> int:
+    """Levels of arrays and objects in ``value``; iterative, whatever the depth."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _holds_lone_surrogate(value: Any) -> bool:

@@ -308,7 +308,7 @@ class RestApi:
         path = self._signed_path(app, method, path.decode("utf-8", "replace"), params)
         if not app.enabled:
             raise ApiError(403, "App is disabled")
-        if method == "GET":
+        if method in ("GET", "HEAD"):
             self._within_rate(app, "read_requests_per_second", 1, "read requests")
         return ApiRequest(app, method, path, params, body)
 
@@ -325,7 +325,7 @@ class RestApi:
             return
         now = self.clock.seconds()
         window = self._rate_windows.get((app.id, limit))
-        if window is None or now - window[0] >= 1.0:
+        if window is None or not 0 <= now - window[0] < 1.0:  # (a clock set back starts anew)
             window = self._rate_windows[(app.id, limit)] = [now, 0]
         if window[1] + count > per_second:
             raise self._over(app, limit, 429,
@@ -346,9 +346,13 @@ class RestApi:
     def _check_auth_params(self, app: AppConfig, params: Mapping[str, str], body: bytes) -> None:
         if params.get("auth_key") != app.key:
             raise ApiError(401, "auth_key is missing or does not belong to this app")
+        raw_timestamp = params.get("auth_timestamp", "")
         try:
-            timestamp = int(params.get("auth_timestamp", ""))
+            # More digits than any time: a number that large would overflow the comparison below.
+            timestamp = int(raw_timestamp) if len(raw_timestamp) <= 20 else None
         except ValueError:
+            timestamp = None
+        if timestamp is None:
             raise ApiError(401, "auth_timestamp is missing or not a number")
         skew = self.limits.max_timestamp_skew
         if abs(self.clock.seconds() - timestamp) > skew:
@@ -402,7 +406,7 @@ class RestApi:
         else:
             raise ApiError(400, f"{where}: channel{'' if batch else 's'} is required")
         if len(channels) > limits.max_channels_per_event:
-            raise self._over(app, "event_channels", 400,
+            raise self._over(app, "event_channels_at_once", 400,
                              f"{where}: more than {limits.max_channels_per_event} channels")
         for channel in channels:
             self._check_channel_name(app, channel, f"{where}: ")

@@ -24,7 +24,7 @@ class Refusal:
     kind: str  # AuthError, LimitReached, InvalidChannel
     message: str
     status: int
-    limit: str | None = None  # the limit refused over, as /metrics names it (LIMIT_REASONS)
+    limit: str | None = None  # the app limit refused over, as /metrics names it (Hub.refused)
 
 
 def _auth_error(message: str) -> Refusal:

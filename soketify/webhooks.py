@@ -116,7 +116,8 @@ class Target:
         settings = self._settings
         now = self._clock.seconds()
         # Jitter: receivers coming back are not hit by every server at once.
-        delay = min(FIRST_RETRY_DELAY * 2 ** attempt, MAX_RETRY_DELAY) * (0.5 + self._jitter() / 2)
+        delay = min(FIRST_RETRY_DELAY * 2 ** min(attempt, 16), MAX_RETRY_DELAY)
+        delay *= 0.5 + self._jitter() / 2
         if now + delay - first_attempt_at > settings.retry_for:
             log.error("Dropping {count} webhook events for {url} after {seconds:.0f} s of failed "
                       "attempts (last: {why})", count=len(batch), url=self.webhook.url,

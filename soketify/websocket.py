@@ -98,12 +98,13 @@ class PusherServerProtocol(WebSocketServerProtocol):
         write with the first frame."""
         factory = self.factory
         addresses = factory.address_limits
-        if refusal is None and addresses.enabled:
+        if addresses.enabled:
+            # Every handshake counts, refused ones (wrong key, origin...) too: a flood is a flood.
             address = self.remote_address
             why = addresses.admit(address)
             if why is None:
                 self._counted_address = address
-            else:
+            elif refusal is None:
                 refusal = protocol.OVER_CAPACITY, why
         if refusal is None:
             # Counted here, once the handshake is done, so a failed handshake takes no place.

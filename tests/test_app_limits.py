@@ -94,7 +94,7 @@ class RestLimitTests(unittest.TestCase):
         self.assertEqual(rig.signed("POST", "/apps/other-id/events", event(data="x" * 1025),
                                     app=OTHER).status, 200)
         self.assertEqual(refusals(rig), {
-            ("app-id", "event_payload"): 1.0, ("app-id", "event_channels"): 1.0,
+            ("app-id", "event_payload"): 1.0, ("app-id", "event_channels_at_once"): 1.0,
             ("app-id", "event_batch_size"): 1.0, ("app-id", "channel_name_length"): 1.0})
 
 

@@ -61,32 +61,25 @@ class BadFramesTests(unittest.TestCase):
         bad.seen(Connection("10.0.0.7", "1.3"), "x")
         self.assertEqual(len(self.log.lines), 2)
 
+    def closed_after(self, limit: int, frames: int, every: float):
+        """The close code a connection gets for ``frames`` bad frames ``every`` seconds apart."""
+        bad = BadFrames(self.clock, limit)
+        connection = Connection()
+        for _ in range(frames):
+            bad.seen(connection, "x")
+            self.clock.advance(every)
+        return connection.closed_with
+
     def test_a_connection_past_the_limit_is_closed_with_4100(self):
         """61 bad frames within a minute close the connection with 4100; 60 do not."""
-        bad = BadFrames(self.clock, 60)
-        connection = Connection()
-        for _ in range(60):
-            bad.seen(connection, "x")
-            self.clock.advance(0.5)
-        self.assertIsNone(connection.closed_with)
-        bad.seen(connection, "x")
-        self.assertEqual(connection.closed_with, protocol.OVER_CAPACITY)
+        self.assertIsNone(self.closed_after(60, 60, 0.5))
+        self.assertEqual(self.closed_after(60, 61, 0.5), protocol.OVER_CAPACITY)
 
     def test_a_steady_trickle_under_the_limit_is_never_closed(self):
-        bad = BadFrames(self.clock, 60)
-        connection = Connection()
-        for _ in range(600):
-            bad.seen(connection, "x")
-            self.clock.advance(1.01)
-        self.assertIsNone(connection.closed_with)
+        self.assertIsNone(self.closed_after(60, 600, 1.01))
 
     def test_zero_never_closes(self):
-        bad = BadFrames(self.clock, 0)
-        connection = Connection()
-        for _ in range(1000):
-            bad.seen(connection, "x")
-        self.assertIsNone(connection.closed_with)
-
+        self.assertIsNone(self.closed_after(0, 1000, 0))
 
 class ThroughTheServiceTests(unittest.TestCase):
     def test_every_kind_of_bad_frame_counts_and_the_last_closes_4100(self):

@@ -16,7 +16,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from soketify import config, protocol, signing
-from tests.support import APP, Rig, make_config
+from tests.support import HttpResponse, Rig, _Connection
 
 FUZZ = settings(max_examples=150, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -100,6 +100,16 @@ class DecodeTests(unittest.TestCase):
             self.assertIsInstance(decoded, protocol.ProtocolError)
             self.assertIn(why, decoded.message)
 
+    def test_depth_limit_and_numbers_that_are_not_json(self):
+        """100 levels are fine, 101 are refused (well before the recursion limit, so that encoding
+        a relayed value again cannot fail); NaN, Infinity and overflowing numbers are refused."""
+        self.assertEqual(protocol.loads("[" * 100 + "]" * 100), eval("[" * 99 + "[]" + "]" * 99))
+        for text in ("[" * 101 + "]" * 101, '{"a":' * 101 + "1" + "}" * 101):
+            with self.assertRaisesRegex(ValueError, "nested too deeply"):
+                protocol.loads(text)
+        for text in ('{"a":NaN}', "[Infinity]", "-Infinity", "1e999"):
+            self.assertRaises(ValueError, protocol.loads, text)
+
     def test_loads_refuses_invalid_utf8_and_keeps_surrogate_pairs(self):
         """Bytes must be UTF-8; an escaped surrogate pair is one character and is fine."""
         self.assertRaises(ValueError, protocol.loads, b'{"a":"\xff"}')
@@ -150,6 +160,28 @@ class WebSocketTests(unittest.TestCase):
             self.assertIsNone(client.close_code)
             self.assertEqual([e["event"] for e in events], ["pusher:error"], text[:80])
         self.assertEqual(self.tracebacks.failures, [])
+
+
+class RelayTests(unittest.TestCase):
+    def test_deep_and_odd_client_events_are_relayed_or_refused_without_a_traceback(self):
+        """A client event 100 levels deep is relayed as it came; NaN in one is a pusher:error;
+        neither leaves a traceback or closes anyone."""
+        tracebacks = Tracebacks(self)
+        rig = Rig(self)
+        sender, receiver = rig.connect(), rig.connect()
+        for client in (sender, receiver):
+            client.subscribe("private-r", auth=signing.channel_auth(
+                "app-key", "app-secret", client.socket_id, "private-r"))
+        deep = "[" * 99 + "1" + "]" * 99
+        sender.send_raw(('{"event":"client-x","channel":"private-r","data":%s}' % deep).encode())
+        sender.send_raw(b'{"event":"client-x","channel":"private-r","data":{"x":NaN}}')
+        rig.reactor.advance(0)
+        self.assertEqual([e["event"] for e in sender.events()], ["pusher:error"])
+        relayed = receiver.events()
+        self.assertEqual([e["event"] for e in relayed], ["client-x"])
+        self.assertEqual(json.dumps(relayed[0]["data"], separators=(",", ":")), deep)
+        self.assertEqual((sender.close_code, receiver.close_code), (None, None))
+        self.assertEqual(tracebacks.failures, [])
 
 
 class RestTests(unittest.TestCase):
@@ -225,6 +257,17 @@ class RestTests(unittest.TestCase):
             self.assertEqual(response.status, 400, (path, body[:60]))
             self.assertIn(why, response.json()["error"], (path, body[:60]))
         self.assertEqual(self.tracebacks.failures, [])
+
+    def test_odd_headers_and_timestamps(self):
+        """A Host that is not UTF-8, and an auth_timestamp of 400 digits: 4xx, not 5xx."""
+        connection = _Connection(self.rig)
+        connection.transport.protocol = connection.protocol
+        connection.feed(b"GET /apps/app-id/channels HTTP/1.1\r\nHost: \xff\xfe\r\n\r\n")
+        self.rig.reactor.advance(0)
+        self.check(HttpResponse(connection.transport.value()), "Host")
+        for target in ("/apps/app-id/channels?auth_key=app-key&auth_version=1.0&auth_timestamp=1"
+                       + "0" * 400,):
+            self.check(self.rig.http("GET", target), target)
 
     def test_invalid_utf8_in_the_query_and_path(self):
         """Percent-escapes that are not UTF-8, in the query or in the path: 4xx, not 5xx."""
