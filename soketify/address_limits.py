@@ -1,8 +1,8 @@
 """Limits per client IP address on one node: open WebSocket connections, and handshakes per second.
 
 A flood of connections from one address (a script gone wrong, an attacker) is refused before it
-takes a place in any app: the client gets pusher:error 4100 and a close with 4100, which makes
-pusher-js back off before it tries again. Both limits are per node (per worker with workers), and
+takes a place in any app: the client gets pusher:error 4100 and a close with 4100, after which
+pusher-js waits about a second before it tries again (4200 would make it retry at once). Both limits are per node (per worker with workers), and
 0 turns each off; with both off nothing is counted at all.
 """
 
