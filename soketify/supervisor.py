@@ -25,6 +25,7 @@ from soketify.cluster import amp_commands as cmd
 from soketify.cluster.amp_host import AmpHost
 from soketify.metrics import Metrics
 from soketify.outbox import Outbox
+from soketify.systemd import environment_for_children
 from soketify.tap import outbox_path
 from soketify.webhooks import Webhooks, treq_post
 from soketify.hub import NoWebhooks
@@ -161,7 +162,7 @@ class SupervisorService(service.Service):
         ours.close()
         args = [sys.executable, "-m", "soketify.worker", "--index", str(index), "--link-fd", "3"]
         process = WorkerProcess(self, index)
-        self.reactor.spawnProcess(process, sys.executable, args, env=os.environ,
+        self.reactor.spawnProcess(process, sys.executable, args, env=environment_for_children(),
                                   childFDs={1: 1, 2: 2, 3: theirs.fileno()})
         theirs.close()
         self.processes[index] = process
@@ -185,6 +186,13 @@ class SupervisorService(service.Service):
         log.warn("Worker {index} ended ({how}) after {ran:.1f} s; restarting it in {delay:.0f} s",
                  index=process.index, how=how, ran=ran, delay=delay)
         self._restarts[process.index] = self.reactor.callLater(delay, self.spawn, process.index)
+
+    def systemd_status(self) -> tuple[bool, str]:
+        """Whether every worker is up, and a line for systemctl status."""
+        up = sum(1 for link in self.host.links if link.listening)
+        text = (f"{up} of {self.wanted} workers up, {len(self.config.apps)} "
+                f"app{'s' if len(self.config.apps) != 1 else ''}, on {', '.join(self.config.server.listen)}")
+        return self.host.serving, text
 
     def stopService(self):
         """Every worker stops gracefully (its clients get 4200), then the state and outbox close."""

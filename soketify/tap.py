@@ -23,6 +23,7 @@ from soketify.hub import Hub
 from soketify.metrics import Metrics
 from soketify.outbox import Outbox, adopt_strays
 from soketify.rest import RestApi
+from soketify.systemd import with_systemd_status
 from soketify.session import Sessions
 from soketify.listening import REUSABLE_ENDPOINTS, EndpointListener, ReusePortReactor
 from soketify.web import ApiSite, SwitchFactory
@@ -153,6 +154,16 @@ class SoketifyService(service.MultiService):
             return "Server is not connected to its cluster"
         return None
 
+    def systemd_status(self) -> tuple[bool, str]:
+        """Whether the node serves, and a line for systemctl status."""
+        reason = self.unready_reason()
+        apps = len(self.config.apps)
+        if reason is not None:
+            return False, f"Not serving: {reason}"
+        connections = len(self.hub.connections)
+        return True, (f"Serving {connections} connection{'s' if connections != 1 else ''} for "
+                      f"{apps} app{'s' if apps != 1 else ''} on {', '.join(self.config.server.listen)}")
+
     def stopService(self):
         self.ready = False
         self.websocket.stopping = True
@@ -244,16 +255,18 @@ def workers_problem(config: Config) -> str | None:
     return None
 
 
-def makeService(options, reactor=None) -> service.IService:
+def makeService(options, reactor=None, environ=None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor
     config = options["loaded"] if "loaded" in options else load_default(options.get("config"))
     adopt_stray_outboxes(config)
     if config.server.worker_count > 1:
         from soketify.supervisor import SupervisorService
-        return SupervisorService(config, reactor)
-    reactor.callWhenRunning(freeze_startup_objects)
-    return SoketifyService(config, reactor)
+        main = SupervisorService(config, reactor)
+    else:
+        reactor.callWhenRunning(freeze_startup_objects)
+        main = SoketifyService(config, reactor)
+    return with_systemd_status(main, reactor, main.systemd_status, environ)
 
 
 def freeze_startup_objects() -> None:

@@ -1,0 +1,104 @@
+"""Telling systemd how the daemon is doing, for a unit of Type=notify (sd_notify(3)).
+
+The protocol is a datagram of ``KEY=value`` lines to the Unix socket named in $NOTIFY_SOCKET (a
+leading "@" names an abstract socket); a few lines, so no library is needed. Only the main process
+speaks: the supervisor does not pass $NOTIFY_SOCKET on to its workers. Without $NOTIFY_SOCKET (not
+under systemd, or another service type) nothing is sent at all.
+
+What is sent: READY=1 once the daemon serves (every listener up, the cluster engine reachable, all
+workers up), STATUS= lines a person can read in ``systemctl status`` while it runs, and STOPPING=1
+as soon as a graceful stop begins.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from twisted.application import service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
+
+NOTIFY_SOCKET = "NOTIFY_SOCKET"
+# How often the status line is refreshed (only sent when it changed).
+STATUS_INTERVAL = 5.0
+
+
+class Notifier:
+    """Sends sd_notify messages to one socket; a failure is logged once, never raised."""
+
+    def __init__(self, address: str):
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._failed = False
+
+    @classmethod
+    def from_environment(cls, environ=None) -> "Notifier | None":
+        address = (os.environ if environ is None else environ).get(NOTIFY_SOCKET)
+        return cls(address) if address else None
+
+    def send(self, *lines: str) -> None:
+        try:
+            self._socket.sendto("\n".join(lines).encode("utf-8"), self._address)
+        except OSError as e:
+            if not self._failed:
+                self._failed = True
+                log.warn("Cannot notify systemd at {address}: {error}", address=self._address,
+                         error=e.strerror)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+class SystemdStatus(service.Service):
+    """READY=1 once ``status()`` says the daemon serves, STATUS= while it runs, STOPPING=1 when
+    stopped. ``status()`` answers (serving, text for systemctl status)."""
+
+    def __init__(self, notifier: Notifier, clock, status):
+        self._notifier = notifier
+        self._status = status
+        self._ready_sent = False
+        self._last_text = None
+        self._loop = LoopingCall(self._update)
+        self._loop.clock = clock
+
+    def startService(self):
+        super().startService()
+        self._loop.start(STATUS_INTERVAL, now=True)
+
+    def _update(self) -> None:
+        serving, text = self._status()
+        if serving and not self._ready_sent:
+            self._ready_sent = True
+            self._last_text = text
+            self._notifier.send("READY=1", f"STATUS={text}")
+        elif text != self._last_text:
+            self._last_text = text
+            self._notifier.send(f"STATUS={text}")
+
+    def stopService(self):
+        if self._loop.running:
+            self._loop.stop()
+        self._notifier.send("STOPPING=1", "STATUS=Stopping: asking clients to reconnect elsewhere")
+        return super().stopService()
+
+
+def with_systemd_status(main: service.IService, clock, status, environ=None) -> service.IService:
+    """``main``, and beside it a SystemdStatus when $NOTIFY_SOCKET is set; stopped first, so
+    STOPPING=1 goes out as soon as a stop begins."""
+    notifier = Notifier.from_environment(environ)
+    if notifier is None:
+        return main
+    root = service.MultiService()
+    main.setServiceParent(root)
+    SystemdStatus(notifier, clock, status).setServiceParent(root)
+    return root
+
+
+def environment_for_children(environ=None) -> dict:
+    """The environment for processes this one starts: without $NOTIFY_SOCKET (only the main
+    process may notify)."""
+    return {k: v for k, v in (os.environ if environ is None else environ).items()
+            if k != NOTIFY_SOCKET}

@@ -1,0 +1,144 @@
+"""sd_notify: READY=1 once serving, STATUS= while running, STOPPING=1 when a stop begins; only the
+main process speaks. Datagrams go to a real Unix socket, as systemd's."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+from twisted.application import service
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial import unittest
+
+from soketify import systemd, tap
+from soketify.systemd import Notifier, SystemdStatus, environment_for_children, with_systemd_status
+from tests.support import make_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Listener:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, test_case, abstract=False):
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            self.address = f"@soketify-test-{os.getpid()}-{id(self)}"
+            self.socket.bind("\0" + self.address[1:])
+        else:
+            directory = tempfile.mkdtemp()
+            self.address = os.path.join(directory, "notify")
+            self.socket.bind(self.address)
+        self.socket.settimeout(20)
+        test_case.addCleanup(self.socket.close)
+
+    def messages(self) -> list[str]:
+        """Every datagram waiting now."""
+        received = []
+        self.socket.setblocking(False)
+        try:
+            while True:
+                received.append(self.socket.recv(65536).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self.socket.settimeout(20)
+        return received
+
+    def next(self) -> str:
+        return self.socket.recv(65536).decode()
+
+
+class NotifierTests(unittest.TestCase):
+    def test_path_and_abstract_sockets(self):
+        for abstract in (False, True):
+            listener = Listener(self, abstract)
+            notifier = Notifier.from_environment({"NOTIFY_SOCKET": listener.address})
+            self.addCleanup(notifier.close)
+            notifier.send("READY=1", "STATUS=hello")
+            self.assertEqual(listener.next(), "READY=1\nSTATUS=hello")
+
+    def test_nothing_without_notify_socket(self):
+        self.assertIsNone(Notifier.from_environment({}))
+        main = service.Service()
+        self.assertIs(with_systemd_status(main, Clock(), lambda: (True, ""), {}), main)
+
+    def test_a_vanished_socket_is_logged_once_not_raised(self):
+        notifier = Notifier("/nonexistent/notify")
+        self.addCleanup(notifier.close)
+        notifier.send("READY=1")
+        notifier.send("STATUS=x")
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+    def test_workers_do_not_get_the_socket(self):
+        self.assertEqual(environment_for_children({"NOTIFY_SOCKET": "/run/x", "PATH": "/bin"}),
+                         {"PATH": "/bin"})
+
+
+class SystemdStatusTests(unittest.TestCase):
+    def test_ready_once_serving_status_when_it_changes_stopping_at_stop(self):
+        listener = Listener(self)
+        notifier = Notifier(listener.address)
+        self.addCleanup(notifier.close)
+        clock = Clock()
+        state = {"serving": False, "text": "Not serving: starting"}
+        status = SystemdStatus(notifier, clock, lambda: (state["serving"], state["text"]))
+        status.startService()
+        self.assertEqual(listener.messages(), ["STATUS=Not serving: starting"])
+        state.update(serving=True, text="Serving 0 connections")
+        clock.advance(systemd.STATUS_INTERVAL)
+        self.assertEqual(listener.messages(), ["READY=1\nSTATUS=Serving 0 connections"])
+        clock.advance(systemd.STATUS_INTERVAL)
+        self.assertEqual(listener.messages(), [])  # nothing new to say
+        state["text"] = "Serving 3 connections"
+        clock.advance(systemd.STATUS_INTERVAL)
+        self.assertEqual(listener.messages(), ["STATUS=Serving 3 connections"])
+        status.stopService()
+        self.assertEqual(listener.messages(),
+                         ["STOPPING=1\nSTATUS=Stopping: asking clients to reconnect elsewhere"])
+
+    def test_make_service_speaks_for_the_daemon(self):
+        """makeService with $NOTIFY_SOCKET: READY=1 with the daemon's own status once it serves;
+        STOPPING=1 first when it stops."""
+        listener = Listener(self)
+        reactor = MemoryReactorClock()
+        root = tap.makeService({"loaded": make_config()}, reactor,
+                               {"NOTIFY_SOCKET": listener.address})
+        root.startService()
+        self.addCleanup(lambda: root.running and root.stopService())
+        reactor.advance(systemd.STATUS_INTERVAL)
+        messages = listener.messages()
+        self.assertEqual(messages[-1].splitlines()[0], "READY=1")
+        self.assertIn("STATUS=Serving 0 connections for 1 app on tcp:6001", messages[-1])
+        root.stopService()
+        self.assertTrue(listener.messages()[0].startswith("STOPPING=1"))
+
+
+class RealDaemonTests(unittest.TestCase):
+    def test_the_daemon_notifies_ready_then_stopping(self):
+        """twistd soketify under a notify socket: READY=1 once it listens, STOPPING=1 on SIGTERM."""
+        listener = Listener(self)
+        config = os.path.join(tempfile.mkdtemp(), "soketify.toml")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with open(config, "w") as f:
+            f.write(f'[server]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+                    '[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\n')
+        env = dict(os.environ, NOTIFY_SOCKET=listener.address, PYTHONPATH=ROOT)
+        daemon = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
+             "soketify", "--config", config], cwd=tempfile.mkdtemp(), env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: daemon.poll() is None and daemon.kill())
+        ready = listener.next()
+        self.assertTrue(ready.startswith("READY=1"), ready)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # it really listens
+        daemon.send_signal(signal.SIGTERM)
+        self.assertTrue(listener.next().startswith("STOPPING=1"))
+        # twistd ends with the signal that stopped it, once the graceful stop is done.
+        self.assertIn(daemon.wait(20), (0, -signal.SIGTERM))
