@@ -312,8 +312,17 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """How log lines are written when twistd runs with --logger soketify.logs.make_observer."""
+
+    format: str = setting("text", one_of("text", "json"))
+    level: str = setting("info", one_of("debug", "info", "warn", "error"))
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = setting(factory=ServerConfig)
+    log: LogConfig = setting(factory=LogConfig)
     limits: LimitsConfig = setting(factory=LimitsConfig)
     apps: tuple[AppConfig, ...] = setting((), at_least_one_app, unique=("id", "key"))
     webhooks: WebhookSettings = setting(factory=WebhookSettings)

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from soketify import autobahn_tuning, protocol
+from soketify import autobahn_tuning, logs, protocol
 from soketify.activity import ActivityMonitor
 from soketify.address_limits import AddressLimits
 from soketify.apps import AppRegistry
@@ -259,6 +259,7 @@ def makeService(options, reactor=None, environ=None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor
     config = options["loaded"] if "loaded" in options else load_default(options.get("config"))
+    logs.configure(config.log.format, config.log.level)
     adopt_stray_outboxes(config)
     if config.server.worker_count > 1:
         from soketify.supervisor import SupervisorService

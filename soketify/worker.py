@@ -37,9 +37,10 @@ def main(argv=None) -> int:
     from twisted.internet import epollreactor
     epollreactor.install()
     from twisted.internet import reactor
-    from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+    from twisted.logger import Logger, globalLogBeginner
 
-    output = textFileLogObserver(sys.stdout)
+    from soketify import logs
+    output = logs.observer  # the journal's format when stdout is the journal, as the supervisor's
 
     def observe(event):
         event.setdefault("log_system", f"worker {args.index}")
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
             for problem in e.problems:
                 log.error("{problem}", problem=problem)
             return stop(EXIT_CONFIG)
+        logs.configure(config.log.format, config.log.level)
         cluster = AmpCluster(config.apps, supervision) if config.cluster.engine == "local" else None
         server = SoketifyService(config, reactor, worker=WorkerRole(args.index, supervision, cluster))
         server.startService()

@@ -119,7 +119,8 @@ class SystemdStatusTests(unittest.TestCase):
 
 class RealDaemonTests(unittest.TestCase):
     def test_the_daemon_notifies_ready_then_stopping(self):
-        """twistd soketify under a notify socket: READY=1 once it listens, STOPPING=1 on SIGTERM."""
+        """twistd soketify under a notify socket, logging to the journal: READY=1 once it listens,
+        STOPPING=1 on SIGTERM, every log line with its priority."""
         listener = Listener(self)
         config = os.path.join(tempfile.mkdtemp(), "soketify.toml")
         with socket.socket() as probe:
@@ -128,11 +129,16 @@ class RealDaemonTests(unittest.TestCase):
         with open(config, "w") as f:
             f.write(f'[server]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
                     '[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\n')
-        env = dict(os.environ, NOTIFY_SOCKET=listener.address, PYTHONPATH=ROOT)
+        # Standard output is "the journal": $JOURNAL_STREAM names its device and inode.
+        output = tempfile.TemporaryFile("w+")
+        self.addCleanup(output.close)
+        stat = os.fstat(output.fileno())
+        env = dict(os.environ, NOTIFY_SOCKET=listener.address, PYTHONPATH=ROOT,
+                   JOURNAL_STREAM=f"{stat.st_dev}:{stat.st_ino}")
         daemon = subprocess.Popen(
             [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
-             "soketify", "--config", config], cwd=tempfile.mkdtemp(), env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--logger", "soketify.logs.make_observer", "soketify", "--config", config],
+            cwd=tempfile.mkdtemp(), env=env, stdout=output, stderr=subprocess.STDOUT)
         self.addCleanup(lambda: daemon.poll() is None and daemon.kill())
         ready = listener.next()
         self.assertTrue(ready.startswith("READY=1"), ready)
@@ -142,3 +148,9 @@ class RealDaemonTests(unittest.TestCase):
         self.assertTrue(listener.next().startswith("STOPPING=1"))
         # twistd ends with the signal that stopped it, once the graceful stop is done.
         self.assertIn(daemon.wait(20), (0, -signal.SIGTERM))
+        output.seek(0)
+        lines = output.read().splitlines()
+        self.assertTrue(lines, "the daemon logged nothing")
+        self.assertEqual([line for line in lines if not line[:3] in ("<6>", "<4>", "<3>", "<7>")],
+                         [], "every line has a journal priority and no timestamp of its own")
+        self.assertTrue(any("Soketify listening on" in line for line in lines))
