@@ -311,6 +311,19 @@ class ClusterConfig:
     node_timeout: int = setting(5, positive)
 
 
+def metric_prefix(value: str) -> str | None:
+    if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", value):
+        return "must be letters, digits, _ and : (not starting with a digit)"
+    return None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # Every name in /metrics starts with it; with "soketi_", dashboards made for Soketi work as
+    # they are (same names after the prefix, label app_id).
+    prefix: str = setting("soketify_", metric_prefix)
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """How log lines are written when twistd runs with --logger soketify.logs.make_observer."""
@@ -323,6 +336,7 @@ class LogConfig:
 class Config:
     server: ServerConfig = setting(factory=ServerConfig)
     log: LogConfig = setting(factory=LogConfig)
+    metrics: MetricsConfig = setting(factory=MetricsConfig)
     limits: LimitsConfig = setting(factory=LimitsConfig)
     apps: tuple[AppConfig, ...] = setting((), at_least_one_app, unique=("id", "key"))
     webhooks: WebhookSettings = setting(factory=WebhookSettings)

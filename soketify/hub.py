@@ -23,6 +23,7 @@ from soketify.channels import AppChannels
 from soketify.cluster.interfaces import IClusterListener, Joined
 from soketify.config import AppConfig, LimitsConfig
 from soketify.subscription_counts import SubscriptionCountAnnouncer
+from soketify.traffic import AppTraffic
 from soketify.users import Users, watchlist_events
 
 log = Logger()
@@ -55,6 +56,7 @@ class Hub:
         self._waiting_for_no_connections: list[Deferred] = []
         self._channels: dict[str, AppChannels] = {app.id: AppChannels() for app in apps}
         self._connection_counts: dict[str, int] = {app.id: 0 for app in apps}
+        self.traffic: dict[str, AppTraffic] = {app.id: AppTraffic() for app in apps}
         self._counts = SubscriptionCountAnnouncer(clock, self._announce_subscription_count)
         # Latest cluster-wide count of each announced channel, and whether it changed here since
         # the last announcement (only the node where a change happened sends its webhook).
@@ -88,6 +90,7 @@ class Hub:
     def connect(self, connection) -> None:
         """Register an admitted connection."""
         self._connection_counts[connection.app.id] += 1
+        self.traffic[connection.app.id].new_connections += 1
         self.connections.add(connection)
 
     def disconnect(self, connection) -> None:
@@ -98,6 +101,7 @@ class Hub:
         self.connections.discard(connection)
         app = connection.app
         self._connection_counts[app.id] -= 1
+        self.traffic[app.id].disconnections += 1
         self.cluster.connection_closed(app.id)
         socket_id = connection.socket_id
         for name, user_id in self._channels[app.id].remove_connection(connection):
@@ -287,8 +291,11 @@ class Hub:
         channel = app_channels.get(channel_name) if app_channels is not None else None
         if channel is None:
             return
+        subscribers = channel.subscribers
+        frame = self._frame(payload)
         # Writing never closes a connection synchronously, so the subscribers cannot change under us.
-        self._write_each(channel.subscribers, self._frame(payload), except_socket_id)
+        self._write_each(subscribers, frame, except_socket_id)
+        self.traffic[app_id].sent(len(subscribers) - (except_socket_id in subscribers), len(frame))
 
     # -- webhooks ----------------------------------------------------------------------------
 

@@ -3,41 +3,68 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, UnknownMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class _ConnectionsCollector:
-    """Open connections per app, read from the hub when scraped (no work per connection)."""
+# Per-app traffic as Soketi names it (so its Grafana dashboards work with only the prefix changed):
+# name after the prefix, kind, help, and the AppTraffic field it reads. Soketi's byte counters have
+# no _total suffix, which prometheus_client would add to a counter: they are written untyped.
+TRAFFIC = (
+    ("new_connections_total", "counter", "WebSocket connections opened", "new_connections"),
+    ("new_disconnections_total", "counter", "WebSocket connections closed", "disconnections"),
+    ("socket_received_bytes", "untyped", "Bytes of WebSocket messages received", "ws_received_bytes"),
+    ("socket_transmitted_bytes", "untyped", "Bytes of WebSocket frames sent", "ws_sent_bytes"),
+    ("ws_messages_received_total", "counter", "WebSocket messages received", "ws_received_messages"),
+    ("ws_messages_sent_total", "counter", "WebSocket messages sent", "ws_sent_messages"),
+    ("http_received_bytes", "untyped", "Bytes of REST requests received", "http_received_bytes"),
+    ("http_transmitted_bytes", "untyped", "Bytes of REST answers sent", "http_sent_bytes"),
+    ("http_calls_received_total", "counter", "REST calls received", "http_calls"),
+)
 
-    def __init__(self, hub):
+
+class _HubCollector:
+    """Open connections and traffic per app, read from the hub when scraped (no work per
+    connection or per message)."""
+
+    def __init__(self, hub, prefix: str):
         self._hub = hub
+        self._prefix = prefix
 
     def collect(self):
-        gauge = GaugeMetricFamily("soketify_connections", "Open WebSocket connections",
+        hub, prefix = self._hub, self._prefix
+        gauge = GaugeMetricFamily(prefix + "connected", "Open WebSocket connections",
                                   labels=["app_id"])
-        for app in self._hub.apps:
-            gauge.add_metric([app.id], self._hub.connection_count(app.id))
+        for app in hub.apps:
+            gauge.add_metric([app.id], hub.connection_count(app.id))
         yield gauge
+        for name, kind, documentation, field in TRAFFIC:
+            family_type = CounterMetricFamily if kind == "counter" else UnknownMetricFamily
+            family = family_type(prefix + name, documentation, labels=["app_id"])
+            for app in hub.apps:
+                traffic = hub.traffic.get(app.id)
+                family.add_metric([app.id], getattr(traffic, field) if traffic else 0)
+            yield family
 
 
 class Metrics:
-    def __init__(self, host_metrics=None):
+    def __init__(self, host_metrics=None, prefix: str = "soketify_"):
         """``host_metrics()``: Deferred of the whole host's text, when this process is one of
-        several workers; /metrics then answers for the host."""
+        several workers; /metrics then answers for the host. Every name starts with ``prefix``."""
         self.host_metrics = host_metrics
+        self.prefix = prefix
         self.registry = CollectorRegistry()
         self.webhook_events_delivered = Counter(
-            "soketify_webhook_events_delivered", "Webhook events acknowledged with a 2xx",
+            prefix + "webhook_events_delivered", "Webhook events acknowledged with a 2xx",
             ["app_id"], registry=self.registry)
         self.webhook_events_dropped = Counter(
-            "soketify_webhook_events_dropped",
+            prefix + "webhook_events_dropped",
             "Webhook events given up after retrying for webhooks.retry_for seconds",
             ["app_id"], registry=self.registry)
         self.refusals = Counter(
-            "soketify_limit_refusals",
+            prefix + "limit_refusals",
             "Requests and frames refused over an app limit, by the limit (the [[apps]] key)",
             ["app_id", "limit"], registry=self.registry)
 
@@ -45,7 +72,7 @@ class Metrics:
         self.refusals.labels(app_id, limit).inc()
 
     def watch_hub(self, hub) -> None:
-        self.registry.register(_ConnectionsCollector(hub))
+        self.registry.register(_HubCollector(hub, self.prefix))
 
     def webhook_delivered(self, app_id: str, count: int) -> None:
         self.webhook_events_delivered.labels(app_id).inc(count)

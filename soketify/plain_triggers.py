@@ -133,17 +133,18 @@ class PlainTriggers(Protocol, TimeoutMixin):
             body = self._buffer[body_start:body_start + length]
             self._buffer = self._buffer[body_start + length:]
             answer = self._api.publish(endpoint, app_id, b"POST", path, query, body)
+            received = body_start + length
             if isinstance(answer, Deferred):
                 answers = []
                 answer.addCallback(answers.append)
                 if not answers:  # not there yet: later requests wait for it
-                    self._wait_for(answer, answers)
+                    self._wait_for(answer, answers, app_id, received)
                     break
                 answer = answers[0]
-            self._write_answer(*answer)
+            self._api.count_http(app_id, received, self._write_answer(*answer))
         self._read_if_room()
 
-    def _wait_for(self, answer: Deferred, answers: list) -> None:
+    def _wait_for(self, answer: Deferred, answers: list, app_id: str, received: int) -> None:
         self._waiting = True
         self.setTimeout(None)  # the client is not idle: it waits for us
 
@@ -152,7 +153,7 @@ class PlainTriggers(Protocol, TimeoutMixin):
             if self._gone:
                 return
             self.setTimeout(self._site.timeOut)
-            self._write_answer(*answers[0])
+            self._api.count_http(app_id, received, self._write_answer(*answers[0]))
             self._serve()
         answer.addCallback(answered)
 
@@ -167,12 +168,14 @@ class PlainTriggers(Protocol, TimeoutMixin):
             else:
                 self.transport.pauseProducing()
 
-    def _write_answer(self, status: int, body: bytes) -> None:
+    def _write_answer(self, status: int, body: bytes) -> int:
+        """Write the answer; returns its size in bytes."""
         data = _ANSWER_HEAD % (status, REASON_PHRASES[status], datetimeToString(), len(body)) + body
         transport = self.transport
         rest = send_now(transport, data)
         if rest:
             transport.write(rest)
+        return len(data)
 
     # -- the transport's producer: it pauses us when the client does not read ----------------
 

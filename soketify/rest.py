@@ -146,6 +146,7 @@ class ApiRequest:
 # The REST calls that come thousands of times a second, routed before Klein: (app id, endpoint).
 # A path with an escaped app id goes to Klein, which decodes it.
 PUBLISH_PATH = re.compile(rb"/apps/([^/%?]+)/(events|batch_events)\Z")
+APP_PATH = re.compile(rb"/apps/([^/%?]+)/")
 
 
 def _answer_later(answer: Deferred, request) -> None:
@@ -235,6 +236,21 @@ class RestApi:
     def publish_request(self, request, endpoint: bytes, app_id: str) -> Answer | Deferred:
         """``publish`` for a twisted.web request."""
         return self.publish(endpoint, app_id, *_request_parts(request))
+
+    def count_http(self, app_id: str, received: int, sent: int) -> None:
+        """One REST call of the app (if it is one of ours): bytes received and sent."""
+        traffic = self.hub.traffic.get(app_id)
+        if traffic is not None:
+            traffic.http_call(received, sent)
+
+    def count_request(self, request) -> None:
+        """``count_http`` for a request twisted.web answered (its body and URI, and the body of
+        the answer: headers are not counted on this path)."""
+        match = APP_PATH.match(request.path)
+        if match is not None:
+            received = len(request.uri) + int(request.getHeader(b"content-length") or 0)
+            self.count_http(match.group(1).decode("utf-8", "replace"), received,
+                            request.sentLength)
 
     def error_answer(self, failure) -> Answer:
         error = failure.value

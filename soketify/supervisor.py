@@ -70,7 +70,7 @@ class SupervisorService(service.Service):
         self.config = config
         self.reactor = reactor
         self.wanted = config.server.worker_count
-        self.metrics = Metrics()
+        self.metrics = Metrics(prefix=config.metrics.prefix)
         self.outbox = None
         webhooks = NoWebhooks()
         if config.cluster.engine == "local" and any(app.webhooks for app in config.apps):

@@ -80,7 +80,8 @@ class SoketifyService(service.MultiService):
         server = config.server
         autobahn_tuning.apply()
         self.supervision = worker.supervision if worker is not None else None
-        self.metrics = Metrics(self.supervision.host_metrics if worker is not None else None)
+        self.metrics = Metrics(self.supervision.host_metrics if worker is not None else None,
+                               config.metrics.prefix)
         if worker is not None:
             self.supervision.local_metrics = lambda: self.metrics.render().decode()
         self.outbox = None
@@ -115,7 +116,8 @@ class SoketifyService(service.MultiService):
                                         self.hub.authorization_overdue,
                                         min(auth_timeouts) if auth_timeouts else None)
         api = RestApi(self.hub, reactor, config.limits, self.unready_reason, self.metrics)
-        site = ApiSite(api.resource(), config.limits.max_request_body_bytes, reactor=reactor)
+        site = ApiSite(api.resource(), config.limits.max_request_body_bytes, reactor=reactor,
+                       counted=api.count_request)
         self.listeners = []
         switch = SwitchFactory(self.websocket, site, api)
         for description in server.listen:

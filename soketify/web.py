@@ -126,10 +126,14 @@ class ApiSite(Site):
     requestFactory = LimitedRequest
     noisy = False
 
-    def __init__(self, resource, max_request_body: int, reactor=None):
+    def __init__(self, resource, max_request_body: int, reactor=None, counted=None):
+        """``counted(request)`` counts each answered request (for /metrics)."""
         # The API reads JSON bodies itself; parsing each POST as a form costs ~15 % of a trigger.
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
         self.max_request_body = max_request_body
+        self._counted = counted
 
     def log(self, request):
-        """No access log line per request: triggers are the hot path of the REST API."""
+        """No access log line per request (triggers are the hot path of the REST API): counted."""
+        if self._counted is not None:
+            self._counted(request)

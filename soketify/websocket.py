@@ -131,6 +131,9 @@ class PusherServerProtocol(WebSocketServerProtocol):
             return
         factory = self.factory
         self.last_activity = factory.clock.seconds()
+        traffic = factory.hub.traffic[self.app.id]
+        traffic.ws_received_messages += 1
+        traffic.ws_received_bytes += len(payload)
         try:
             if isBinary:
                 message = protocol.ProtocolError(None, "Binary frames are not supported; send JSON text")
@@ -156,7 +159,10 @@ class PusherServerProtocol(WebSocketServerProtocol):
     # -- the connection interface the hub uses ------------------------------------------------
 
     def send(self, text: str) -> None:
-        self.write_frame(text_frame(text.encode("utf-8")))
+        frame = text_frame(text.encode("utf-8"))
+        if self.app is not None:
+            self.factory.hub.traffic[self.app.id].sent(1, len(frame))
+        self.write_frame(frame)
 
     def write_frame(self, frame: bytes) -> None:
         """Write prepared frame bytes; never closes synchronously (the hub iterates subscribers)."""

@@ -10,6 +10,8 @@ class FakeHub:
         self.apps = [type("App", (), {"id": app_id}) for app_id in counts]
         self._counts = counts
 
+    traffic: dict = {}
+
     def connection_count(self, app_id):
         return self._counts[app_id]
 
@@ -26,13 +28,50 @@ class AddUpTests(unittest.TestCase):
         second.webhook_dropped("b", 1)
         text = add_up([("worker-0", first.render().decode()),
                        ("worker-1", second.render().decode()), ("worker-2", "")]).decode()
-        lines = [line for line in text.splitlines() if not line.startswith("#")]
+        lines = [line for line in text.splitlines() if not line.startswith("#")
+                 and line.startswith(("soketify_connected", "soketify_webhook"))]
         self.assertEqual(sorted(lines), sorted([
-            'soketify_connections{app_id="a"} 7.0',
-            'soketify_connections{app_id="b"} 1.0',
+            'soketify_connected{app_id="a"} 7.0',
+            'soketify_connected{app_id="b"} 1.0',
             'soketify_webhook_events_delivered_total{app_id="a",process="worker-0"} 5.0',
             'soketify_webhook_events_delivered_total{app_id="a",process="worker-1"} 2.0',
             'soketify_webhook_events_dropped_total{app_id="b",process="worker-1"} 1.0',
         ]))
-        self.assertIn("# TYPE soketify_connections gauge", text)
+        self.assertIn("# TYPE soketify_connected gauge", text)
         self.assertNotIn("_created", text)
+
+
+class TrafficTests(unittest.TestCase):
+    def test_soketi_names_after_the_prefix(self):
+        """Every name a Soketi dashboard reads is there after the prefix, with app_id."""
+        from tests.support import Rig, make_config
+        rig = Rig(self, make_config(metrics={"prefix": "soketi_"}))
+        client = rig.connect()
+        client.subscribe("news")
+        self.assertEqual(rig.signed("POST", "/apps/app-id/events",
+                                    {"name": "e", "channels": ["news"], "data": "x"}).status, 200)
+        client.events()
+        client.close()
+        rig.advance(2)
+        text = rig.http("GET", "/metrics").body.decode()
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("soketi_") and '{app_id="app-id"}' in line:
+                name, _, value = line.partition('{app_id="app-id"} ')
+                values[name] = float(value)
+        expected = ["connected", "new_connections_total", "new_disconnections_total",
+                    "socket_received_bytes", "socket_transmitted_bytes",
+                    "ws_messages_received_total", "ws_messages_sent_total", "http_received_bytes",
+                    "http_transmitted_bytes", "http_calls_received_total"]
+        self.assertEqual(sorted(set(f"soketi_{name}" for name in expected) - set(values)), [])
+        self.assertEqual(values["soketi_new_connections_total"], 1)
+        self.assertEqual(values["soketi_new_disconnections_total"], 1)
+        self.assertEqual(values["soketi_connected"], 0)
+        # In: the subscribe (and the close). Out: subscription_succeeded and the event (the handshake
+        # answer with connection_established is not counted as a message).
+        self.assertGreaterEqual(values["soketi_ws_messages_received_total"], 1)
+        self.assertEqual(values["soketi_ws_messages_sent_total"], 2)
+        self.assertGreater(values["soketi_socket_transmitted_bytes"], 0)
+        # The trigger; /metrics is no app's call.
+        self.assertEqual(values["soketi_http_calls_received_total"], 1)
+        self.assertGreater(values["soketi_http_transmitted_bytes"], 0)

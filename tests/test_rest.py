@@ -30,7 +30,7 @@ class StatusTests(unittest.TestCase):
         self.assertEqual(response.status, 200)
         self.assertTrue(response.headers["content-type"].startswith("text/plain"))
         self.assertEqual(int(response.headers["content-length"]), len(response.body))
-        self.assertIn(b"soketify_connections", response.body)
+        self.assertIn(b"soketify_connected", response.body)
 
     def test_unknown_route_is_json_404(self):
         """An unknown path answers 404 with a JSON error body."""

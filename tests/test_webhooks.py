@@ -369,7 +369,7 @@ class MetricsTests(unittest.TestCase):
         rig.connect().subscribe("b")
         rig.advance(20, step=0.5)
         body = rig.http("GET", "/metrics").body.decode()
-        self.assertIn('soketify_connections{app_id="app-id"} 2.0', body)
+        self.assertIn('soketify_connected{app_id="app-id"} 2.0', body)
         self.assertIn('soketify_webhook_events_delivered_total{app_id="app-id"} 1.0', body)
         self.assertIn('soketify_webhook_events_dropped_total{app_id="app-id"} 1.0', body)
 

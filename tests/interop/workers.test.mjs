@@ -128,12 +128,12 @@ function freshGet(daemon, p, timeout = 2000) {
   });
 }
 
-/** soketify_connections{app_id} in one /metrics answer (a new connection each time). */
+/** soketify_connected{app_id} in one /metrics answer (a new connection each time). */
 async function connectionsMetric(daemon, appId) {
   const { status, text } = await freshGet(daemon, '/metrics');
   assert.equal(status, 200, text);
-  const m = new RegExp(`^soketify_connections\\{app_id="${appId}"\\} (\\S+)$`, 'm').exec(text);
-  assert.ok(m, `no soketify_connections sample for app ${appId} in:\n${text}`);
+  const m = new RegExp(`^soketify_connected\\{app_id="${appId}"\\} (\\S+)$`, 'm').exec(text);
+  assert.ok(m, `no soketify_connected sample for app ${appId} in:\n${text}`);
   return Number(m[1]);
 }
 
@@ -578,7 +578,7 @@ describe('workers = 2 (engine local): clients on both workers of one host behave
     assert.equal(again.close, null);
   });
 
-  it('/metrics answered by any worker counts the connections of both workers (soketify_connections summed)', async () => {
+  it('/metrics answered by any worker counts the connections of both workers (soketify_connected summed)', async () => {
     const metered = () => f.raw(METERED.key);
     const clients = await onDistinctWorkers(2, metered);
     while (clients.length < 10) clients.push(await metered());
@@ -589,7 +589,7 @@ describe('workers = 2 (engine local): clients on both workers of one host behave
       assert.equal(await connectionsMetric(f.daemon, METERED.id), 10, `/metrics #${i} (connections per worker: ${perWorker})`);
     }
     for (const r of clients.slice(0, 4)) r.terminate();
-    await pollUntil(async () => (await connectionsMetric(f.daemon, METERED.id)) === 6, { what: 'soketify_connections 6' });
+    await pollUntil(async () => (await connectionsMetric(f.daemon, METERED.id)) === 6, { what: 'soketify_connected 6' });
     for (let i = 0; i < 6; i += 1) {
       assert.equal(await connectionsMetric(f.daemon, METERED.id), 6, `/metrics #${i} after 4 closed`);
     }
