@@ -1363,18 +1363,12 @@ def main():
 
     skipped = {}
     t0 = time.monotonic()
-    if "soketify" in names:
-        why = soketify_available()
+    for name, unavailable in (("soketify", soketify_available), ("soketi", ensure_soketi)):
+        why = unavailable() if name in names else None
         if why:
-            log(f"soketify skipped: {why}")
-            skipped["soketify"] = why
-            names.remove("soketify")
-    if "soketi" in names:
-        why = ensure_soketi()
-        if why:
-            log(f"soketi skipped: {why}")
-            skipped["soketi"] = why
-            names.remove("soketi")
+            log(f"{name} skipped: {why}")
+            skipped[name] = why
+            names.remove(name)
     servers = []
     for name in names:
         if name == "soketify":

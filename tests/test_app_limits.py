@@ -1,7 +1,6 @@
 """Limits per app (issue 10): each [[apps]] key overrides its [limits] value for that app alone, every
 refusal says why, and /metrics counts it by limit."""
 
-import json
 
 from twisted.trial import unittest
 

@@ -133,7 +133,7 @@ class Pair:
 
     def __init__(self, test_case, server_class, client_offers=None):
         self.clock = use_clock(test_case)
-        factory = self.factory = server_factory(server_class)
+        self.factory = server_factory(server_class)
         client_factory = WebSocketClientFactory(
             "ws://localhost/app/app-key?protocol=7&client=js", reactor=self.clock)
         client_factory.protocol = RecordingClient

@@ -1,7 +1,6 @@
 """The plain-upgrade fast path: which requests it takes, and that a client sees the same as through
 Autobahn's handshake (the answer's bytes, the frames, the close)."""
 
-import json
 import re
 
 from twisted.trial import unittest

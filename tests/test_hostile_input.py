@@ -9,7 +9,6 @@ stays deterministic and quick; the cases seen in the wild are spelled out as wel
 from __future__ import annotations
 
 import json
-from urllib.parse import urlencode
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 from twisted.logger import globalLogPublisher
