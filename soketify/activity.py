@@ -18,6 +18,12 @@ class ActivityMonitor:
         self._clock = clock
         self._authorization_overdue = authorization_overdue
         self._connections = connections
+        self._loop = LoopingCall(self.sweep)
+        self._loop.clock = clock
+        self.reconfigure(activity_timeout, pong_timeout, shortest_deadline)
+
+    def reconfigure(self, activity_timeout: float, pong_timeout: float, shortest_deadline=None):
+        """New timeouts (at start, and on a reload: the sweep then runs at its new interval)."""
         self.activity_timeout = activity_timeout
         self.pong_timeout = pong_timeout
         # Often enough that a ping or close is at most a few seconds late.
@@ -25,8 +31,9 @@ class ActivityMonitor:
         if shortest_deadline:
             deadlines.append(shortest_deadline)
         self.interval = max(0.5, min(deadlines) / 6)
-        self._loop = LoopingCall(self.sweep)
-        self._loop.clock = clock
+        if self._loop.running:
+            self._loop.stop()
+            self.start()
 
     def start(self) -> None:
         self._loop.start(self.interval, now=False)

@@ -12,12 +12,17 @@ from __future__ import annotations
 class AddressLimits:
     def __init__(self, clock, max_connections: int, max_handshakes_per_second: int):
         self._clock = clock
-        self._max_connections = max_connections
-        self._max_handshakes = max_handshakes_per_second
-        self.enabled = bool(max_connections or max_handshakes_per_second)
+        self.reconfigure(max_connections, max_handshakes_per_second)
         self._connections: dict[str, int] = {}
         self._handshakes: dict[str, list] = {}  # address -> [start of its second, handshakes]
         self._pruned_at = 0.0
+
+    def reconfigure(self, max_connections: int, max_handshakes_per_second: int) -> None:
+        """New limits (at start, and on a reload). Connections opened while nothing was counted
+        stay uncounted: they are never released either."""
+        self._max_connections = max_connections
+        self._max_handshakes = max_handshakes_per_second
+        self.enabled = bool(max_connections or max_handshakes_per_second)
 
     def admit(self, address: str) -> str | None:
         """Count one new connection from ``address``, or say why it is refused (then not counted).

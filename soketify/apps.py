@@ -26,6 +26,10 @@ def _origins_pattern(allowed: tuple[str, ...]) -> re.Pattern:
 
 class AppRegistry:
     def __init__(self, apps: Iterable[AppConfig]):
+        self.update(apps)
+
+    def update(self, apps: Iterable[AppConfig]) -> None:
+        """Serve these apps from now on (a reload)."""
         self._by_id = {app.id: app for app in apps}
         self._by_key = {app.key: app for app in self._by_id.values()}
 

@@ -26,7 +26,7 @@ class BadFrames:
     def __init__(self, clock, max_per_minute: int):
         """``max_per_minute`` 0: never close a connection for its bad frames."""
         self._clock = clock
-        self._max_per_minute = max_per_minute
+        self.max_per_minute = max_per_minute
         self._windows: dict[str, list] = {}  # address -> [start of its minute, frames not logged]
         self._pruned_at = 0.0
 
@@ -35,15 +35,15 @@ class BadFrames:
         connection if it is over the limit."""
         now = self._clock.seconds()
         self._log(connection, problem, now)
-        if not self._max_per_minute:
+        if not self.max_per_minute:
             return
         if not 0 <= now - connection.bad_frames_window < WINDOW:  # (a clock set back starts anew)
             connection.bad_frames_window = now
             connection.bad_frames_in_window = 0
         connection.bad_frames_in_window += 1
-        if connection.bad_frames_in_window > self._max_per_minute:
+        if connection.bad_frames_in_window > self.max_per_minute:
             connection.close(protocol.OVER_CAPACITY,
-                             f"More than {self._max_per_minute} bad frames in a minute; slow down")
+                             f"More than {self.max_per_minute} bad frames in a minute; slow down")
 
     def _log(self, connection, problem: str, now: float) -> None:
         address = connection.remote_address

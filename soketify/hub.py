@@ -71,6 +71,27 @@ class Hub:
         """Cancel timers (the service is stopping)."""
         self._counts.stop()
 
+    def reconfigure(self, limits: LimitsConfig) -> None:
+        """A reload changed the apps (``self.apps``) or the limits: a connection of an app that is
+        gone or disabled is closed as its handshake would now be refused (4001, 4003); every other
+        connection serves its app's new settings from now on (secret, limits, client events...)."""
+        self.limits = limits
+        for app in self.apps:
+            self._channels.setdefault(app.id, AppChannels())
+            self._connection_counts.setdefault(app.id, 0)
+            self.traffic.setdefault(app.id, AppTraffic())
+        for connection in list(self.connections):
+            app = self.apps.by_id(connection.app.id)
+            if app is None:
+                refusal = protocol.APP_NOT_FOUND, "App no longer exists"
+            elif not app.enabled:
+                refusal = protocol.APP_DISABLED, "App is disabled"
+            else:
+                connection.app = app
+                continue
+            connection.send(protocol.error(*refusal))
+            connection.close(*refusal)
+
     # -- connections -------------------------------------------------------------------------
 
     def new_socket_id(self) -> str:
@@ -245,7 +266,8 @@ class Hub:
         count = self._latest_counts.get(key)
         if count is None:
             return
-        if self.apps.by_id(app_id).subscription_count:
+        app = self.apps.by_id(app_id)
+        if app is not None and app.subscription_count:
             self.deliver(app_id, name, protocol.subscription_count(name, count).encode(), None)
         if key in self._counts_changed_here:
             self._counts_changed_here.discard(key)

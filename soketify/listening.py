@@ -12,8 +12,11 @@ import socket
 
 from twisted.application import service
 from twisted.internet import tcp
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 log = Logger()
 
@@ -72,3 +75,37 @@ class EndpointListener(service.Service):
             return None
         port, self._port = self._port, None
         return port.stopListening()
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableTLS:
+    """The TLS settings of one ``ssl:`` listener, read again from their files by ``reload`` (SIGHUP):
+    each new connection asks for its TLS connection here, so new handshakes use the new certificate
+    while open connections keep theirs."""
+
+    def __init__(self, description: str, reactor):
+        self.description = description
+        self._reactor = reactor
+        self._current = self._read()
+
+    def _read(self):
+        # The endpoint parser reads the key and certificate files named in the description.
+        return serverFromString(self._reactor, self.description)._sslContextFactory
+
+    def reload(self) -> None:
+        """Read the files again; raises (and keeps the current ones) if they cannot be used."""
+        self._current = self._read()
+
+    def serverConnectionForTLS(self, protocol):
+        return self._current.serverConnectionForTLS(protocol)
+
+
+def listening_endpoint(description: str, reactor):
+    """The endpoint for one ``listen`` entry, and its ReloadableTLS if it is an ``ssl:`` one (else
+    None). ``reactor`` may be a ReusePortReactor."""
+    endpoint = serverFromString(reactor, description)
+    if not isinstance(endpoint, SSL4ServerEndpoint):
+        return endpoint, None
+    tls = ReloadableTLS(description, reactor)
+    endpoint._sslContextFactory = tls
+    return endpoint, tls

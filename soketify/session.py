@@ -39,6 +39,11 @@ class Sessions:
             protocol.SIGNIN: self._on_signin,
         }
 
+    def reconfigure(self, limits) -> None:
+        """A reload's [limits], from the next frame on."""
+        self.limits = limits
+        self.bad_frames.max_per_minute = limits.max_bad_frames_per_minute
+
     def receive(self, connection, message: protocol.ClientMessage | protocol.ProtocolError) -> None:
         """Handle one decoded client frame now, or after the frames still waiting before it."""
         if connection.closing:

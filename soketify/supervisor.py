@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from soketify import logs
 from soketify.cluster import amp_commands as cmd
 from soketify.cluster.amp_host import AmpHost
 from soketify.metrics import Metrics
@@ -72,14 +73,9 @@ class SupervisorService(service.Service):
         self.wanted = config.server.worker_count
         self.metrics = Metrics(prefix=config.metrics.prefix)
         self.outbox = None
-        webhooks = NoWebhooks()
-        if config.cluster.engine == "local" and any(app.webhooks for app in config.apps):
-            self.outbox = Outbox.on_thread(outbox_path(config), reactor)
-            webhooks = Webhooks(config.apps, config.webhooks, reactor, self.outbox,
-                                treq_post(reactor), dropped=self.metrics.webhook_dropped,
-                                delivered=self.metrics.webhook_delivered)
-        self.webhooks = webhooks
-        self.host = AmpHost(reactor, config.apps, config.limits, config.webhooks.grace, webhooks,
+        self.webhooks = NoWebhooks()
+        self._make_webhooks(config)
+        self.host = AmpHost(reactor, config.apps, config.limits, config.webhooks.grace, self.webhooks,
                             self.wanted, metrics=lambda: succeed(self.metrics.render().decode()),
                             worker_config=config.as_document())
         self._liveness = LoopingCall(self.check_liveness)
@@ -90,6 +86,36 @@ class SupervisorService(service.Service):
         self._stopping = False
         self._started = False
 
+    def _make_webhooks(self, config) -> bool:
+        """The one outbox of the amp engine, once some app has webhooks (at start, or from the
+        reload that adds the first). True if it was made now."""
+        if (self.outbox is not None or config.cluster.engine != "local"
+                or not any(app.webhooks for app in config.apps)):
+            return False
+        self.outbox = Outbox.on_thread(outbox_path(config), self.reactor)
+        self.webhooks = Webhooks(config.apps, config.webhooks, self.reactor, self.outbox,
+                                 treq_post(self.reactor), dropped=self.metrics.webhook_dropped,
+                                 delivered=self.metrics.webhook_delivered)
+        return True
+
+    def _open_outbox(self) -> None:
+        opened = self.outbox.open()
+        opened.addCallback(lambda _: self.webhooks.resume())
+        opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
+
+    def apply(self, config) -> Deferred:
+        """Serve ``config`` from now on (a reload): the state and outbox here, then every worker,
+        which applies it as a single process would. Fires once every worker has."""
+        logs.configure(config.log.format, config.log.level)
+        self.config = config
+        if self._make_webhooks(config):
+            self.host.webhooks = self.webhooks
+            self._open_outbox()
+        elif self.outbox is not None:
+            self.webhooks.reconfigure(config.apps, config.webhooks)
+        return self.host.reconfigure(config.apps, config.limits, config.webhooks.grace,
+                                     config.as_document())
+
     def startService(self):
         super().startService()
         probed = self.probe_ports()
@@ -98,9 +124,7 @@ class SupervisorService(service.Service):
             self.reactor.callWhenRunning(self.fail)
             return
         if self.outbox is not None:
-            opened = self.outbox.open()
-            opened.addCallback(lambda _: self.webhooks.resume())
-            opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
+            self._open_outbox()
         self.host.start()
         self._started = True
         log.info("Starting {count} workers (engine {engine}) on {listen}", count=self.wanted,

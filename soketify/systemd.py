@@ -6,14 +6,15 @@ speaks: the supervisor does not pass $NOTIFY_SOCKET on to its workers. Without $
 under systemd, or another service type) nothing is sent at all.
 
 What is sent: READY=1 once the daemon serves (every listener up, the cluster engine reachable, all
-workers up), STATUS= lines a person can read in ``systemctl status`` while it runs, and STOPPING=1
-as soon as a graceful stop begins.
+workers up), STATUS= lines a person can read in ``systemctl status`` while it runs, RELOADING=1
+then READY=1 around a reload (SIGHUP), and STOPPING=1 as soon as a graceful stop begins.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 
 from twisted.application import service
 from twisted.internet.task import LoopingCall
@@ -78,6 +79,17 @@ class SystemdStatus(service.Service):
             self._last_text = text
             self._notifier.send(f"STATUS={text}")
 
+    def reloading(self, text: str) -> None:
+        """A reload (SIGHUP) begins: systemctl reload waits for the READY=1 that ``reloaded`` sends."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._notifier.send("RELOADING=1", f"MONOTONIC_USEC={usec}", f"STATUS={text}")
+        self._last_text = text
+
+    def reloaded(self) -> None:
+        serving, text = self._status()
+        self._last_text = text
+        self._notifier.send("READY=1", f"STATUS={text}")
+
     def stopService(self):
         if self._loop.running:
             self._loop.stop()
@@ -85,16 +97,12 @@ class SystemdStatus(service.Service):
         return super().stopService()
 
 
-def with_systemd_status(main: service.IService, clock, status, environ=None) -> service.IService:
-    """``main``, and beside it a SystemdStatus when $NOTIFY_SOCKET is set; stopped first, so
-    STOPPING=1 goes out as soon as a stop begins."""
+def systemd_status(clock, status, environ=None) -> SystemdStatus | None:
+    """A SystemdStatus reporting ``status()`` when $NOTIFY_SOCKET is set, else None. Put it in the
+    service tree after the main service: it is stopped first, so STOPPING=1 goes out as soon as a
+    stop begins."""
     notifier = Notifier.from_environment(environ)
-    if notifier is None:
-        return main
-    root = service.MultiService()
-    main.setServiceParent(root)
-    SystemdStatus(notifier, clock, status).setServiceParent(root)
-    return root
+    return None if notifier is None else SystemdStatus(notifier, clock, status)
 
 
 def environment_for_children(environ=None) -> dict:

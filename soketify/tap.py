@@ -6,8 +6,8 @@ import gc
 import os
 import sys
 
-from twisted.application import service, strports
-from twisted.internet.endpoints import serverFromString
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
@@ -23,9 +23,11 @@ from soketify.hub import Hub
 from soketify.metrics import Metrics
 from soketify.outbox import Outbox, adopt_strays
 from soketify.rest import RestApi
-from soketify.systemd import with_systemd_status
+from soketify.reload import Reloader
+from soketify.systemd import systemd_status
 from soketify.session import Sessions
-from soketify.listening import REUSABLE_ENDPOINTS, EndpointListener, ReusePortReactor
+from soketify.listening import (REUSABLE_ENDPOINTS, EndpointListener, ReusePortReactor,
+                                listening_endpoint)
 from soketify.web import ApiSite, SwitchFactory
 from soketify.webhooks import Webhooks, treq_post
 from soketify.frames import text_frame
@@ -56,8 +58,7 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self["loaded"] = load_default(self["config"])
-            problems = [problem for problem in (state_dir_problem(self["loaded"]),
-                                                workers_problem(self["loaded"])) if problem]
+            problems = config_problems(self["loaded"])
             if problems:
                 raise ConfigError(problems)
         except ConfigError as e:
@@ -84,52 +85,104 @@ class SoketifyService(service.MultiService):
                                config.metrics.prefix)
         if worker is not None:
             self.supervision.local_metrics = lambda: self.metrics.render().decode()
+        self.worker = worker
+        self._outbox_given, self._webhook_post = outbox, webhook_post
         self.outbox = None
         self.webhooks = None
         if worker is not None and worker.cluster is not None:
             # The amp engine: the supervisor keeps the one outbox and sends every webhook.
             self.cluster = worker.cluster
-            if any(app.webhooks for app in config.apps):
-                self.webhooks = ForwardedWebhooks(self.supervision, config.apps)
         else:
-            if any(app.webhooks for app in config.apps):
-                path = outbox_path(config, worker.index if worker is not None else None)
-                self.outbox = outbox or Outbox.on_thread(path, reactor)
-                self.webhooks = Webhooks(config.apps, config.webhooks, reactor, self.outbox,
-                                         webhook_post or treq_post(reactor),
-                                         dropped=self.metrics.webhook_dropped,
-                                         delivered=self.metrics.webhook_delivered)
             self.cluster = make_cluster(config, reactor)
+        self._make_webhooks(config)
         self.hub = Hub(AppRegistry(config.apps), self.cluster, text_frame, config.limits, reactor,
                        webhooks=self.webhooks, write_each=write_to_subscribers,
                        on_refusal=self.metrics.refused)
         self.metrics.watch_hub(self.hub)
+        self.sessions = Sessions(self.hub, config.limits, reactor)
+        self.address_limits = AddressLimits(reactor, server.max_connections_per_ip,
+                                            server.max_handshakes_per_ip_per_second)
         self.websocket = PusherServerFactory(
-            self.hub, Sessions(self.hub, config.limits, reactor), reactor, server.activity_timeout,
-            server.max_message_size, server.max_send_buffer,
-            AddressLimits(reactor, server.max_connections_per_ip,
-                          server.max_handshakes_per_ip_per_second))
+            self.hub, self.sessions, reactor, server.activity_timeout, server.max_message_size,
+            server.max_send_buffer, self.address_limits)
         autobahn_tuning.options_on_class(self.websocket)
-        auth_timeouts = [a.authorization_timeout for a in config.apps if a.authorized_connections]
         self.activity = ActivityMonitor(reactor, self.hub.connections,
                                         server.activity_timeout, server.pong_timeout,
                                         self.hub.authorization_overdue,
-                                        min(auth_timeouts) if auth_timeouts else None)
-        api = RestApi(self.hub, reactor, config.limits, self.unready_reason, self.metrics)
-        site = ApiSite(api.resource(), config.limits.max_request_body_bytes, reactor=reactor,
-                       counted=api.count_request)
+                                        shortest_authorization_timeout(config))
+        self.api = RestApi(self.hub, reactor, config.limits, self.unready_reason, self.metrics)
+        self.site = ApiSite(self.api.resource(), config.limits.max_request_body_bytes,
+                            reactor=reactor, counted=self.api.count_request)
         self.listeners = []
-        switch = SwitchFactory(self.websocket, site, api)
+        self.tls = []  # the ssl: listeners' certificates, read again on reload
+        switch = SwitchFactory(self.websocket, self.site, self.api)
         for description in server.listen:
+            description = with_default_backlog(description)
             if worker is not None:
                 # Every worker opens the same ports (SO_REUSEPORT): the kernel spreads clients.
-                listener = EndpointListener(serverFromString(
-                    ReusePortReactor(reactor), with_default_backlog(description)), switch)
+                endpoint, tls = listening_endpoint(description, ReusePortReactor(reactor))
+                listener = EndpointListener(endpoint, switch)
             else:
-                listener = strports.service(with_default_backlog(description), switch,
-                                            reactor=reactor)
+                endpoint, tls = listening_endpoint(description, reactor)
+                listener = StreamServerEndpointService(endpoint, switch)
+                listener._raiseSynchronously = True  # as strports.service: a taken port fails the start
+            if tls is not None:
+                self.tls.append(tls)
             listener.setServiceParent(self)
             self.listeners.append(listener)
+
+    def _make_webhooks(self, config: Config) -> None:
+        """The webhook sink, once some app has webhooks (at start, or from the reload that adds
+        the first): the supervisor's outbox under the amp engine, else this process's own."""
+        if self.webhooks is not None or not any(app.webhooks for app in config.apps):
+            return
+        if self.worker is not None and self.worker.cluster is not None:
+            self.webhooks = ForwardedWebhooks(self.supervision, config.apps)
+            return
+        path = outbox_path(config, self.worker.index if self.worker is not None else None)
+        self.outbox = self._outbox_given or Outbox.on_thread(path, self.reactor)
+        self.webhooks = Webhooks(config.apps, config.webhooks, self.reactor, self.outbox,
+                                 self._webhook_post or treq_post(self.reactor),
+                                 dropped=self.metrics.webhook_dropped,
+                                 delivered=self.metrics.webhook_delivered)
+
+    def _open_outbox(self) -> None:
+        opened = self.outbox.open()
+        opened.addCallback(lambda _: self.webhooks.resume())
+        opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
+
+    def apply(self, config: Config) -> None:
+        """Serve ``config`` from now on, keeping every connection (a reload; the restart-only
+        settings in it are the running ones, see soketify.reload)."""
+        server, limits = config.server, config.limits
+        for tls in self.tls:
+            try:
+                tls.reload()
+            except Exception as e:
+                log.error("{listen}: cannot read the TLS key or certificate again ({why}); new "
+                          "connections keep the previous ones", listen=tls.description, why=e)
+        logs.configure(config.log.format, config.log.level)
+        self.config = config
+        self.cluster.reconfigure(config.apps, limits, config.webhooks.grace)
+        if self.webhooks is not None:
+            self.webhooks.reconfigure(config.apps, config.webhooks)
+        else:
+            self._make_webhooks(config)
+            if self.webhooks is not None:
+                self.hub.webhooks = self.webhooks
+                if self.outbox is not None:
+                    self._open_outbox()
+        self.hub.apps.update(config.apps)
+        self.hub.reconfigure(limits)
+        self.sessions.reconfigure(limits)
+        self.api.limits = limits
+        self.site.max_request_body = limits.max_request_body_bytes
+        self.address_limits.reconfigure(server.max_connections_per_ip,
+                                        server.max_handshakes_per_ip_per_second)
+        self.websocket.activity_timeout = server.activity_timeout
+        self.websocket.max_send_buffer = server.max_send_buffer
+        self.activity.reconfigure(server.activity_timeout, server.pong_timeout,
+                                  shortest_authorization_timeout(config))
 
     def startService(self):
         if self.config.is_development_default:
@@ -139,9 +192,7 @@ class SoketifyService(service.MultiService):
         self.cluster.startService()
         super().startService()
         if self.outbox is not None:  # a worker of the amp engine forwards webhooks instead
-            opened = self.outbox.open()
-            opened.addCallback(lambda _: self.webhooks.resume())
-            opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
+            self._open_outbox()
         self.activity.start()
         self.ready = True
         log.info("Soketify listening on {listen}", listen=", ".join(self.config.server.listen))
@@ -232,6 +283,16 @@ def adopt_stray_outboxes(config: Config) -> None:
                  count=moved, path=paths[0])
 
 
+def shortest_authorization_timeout(config: Config) -> int | None:
+    timeouts = [app.authorization_timeout for app in config.apps if app.authorized_connections]
+    return min(timeouts) if timeouts else None
+
+
+def config_problems(config: Config) -> list[str]:
+    """What a start-up (or a reload) refuses beyond the file's own rules."""
+    return [problem for problem in (state_dir_problem(config), workers_problem(config)) if problem]
+
+
 def state_dir_problem(config: Config) -> str | None:
     """Webhooks need a writable state directory for their outbox; say so before anything starts."""
     if not any(app.webhooks for app in config.apps):
@@ -269,7 +330,14 @@ def makeService(options, reactor=None, environ=None) -> service.IService:
     else:
         reactor.callWhenRunning(freeze_startup_objects)
         main = SoketifyService(config, reactor)
-    return with_systemd_status(main, reactor, main.systemd_status, environ)
+    # Stopped in the reverse order: SIGHUP is ignored first, then STOPPING=1 goes out.
+    root = service.MultiService()
+    main.setServiceParent(root)
+    status = systemd_status(reactor, main.systemd_status, environ)
+    if status is not None:
+        status.setServiceParent(root)
+    Reloader(main, reactor, config_problems, status).setServiceParent(root)
+    return root
 
 
 def freeze_startup_objects() -> None:

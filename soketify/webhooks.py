@@ -47,7 +47,7 @@ class Target:
         self.app = app
         self.webhook = webhook
         self.key = f"{app.id} {webhook.url}"
-        self._settings = settings
+        self.settings = settings
         self._clock = clock
         self._outbox = outbox
         self._post = post
@@ -73,13 +73,13 @@ class Target:
         """Queue events that are in the outbox (new ones, or left over from a previous run)."""
         self._ready.extend(_Pending(i, e) for i, e in stored)
         if self._in_flight is None and self._retry_call is None and self._flush_call is None:
-            self._flush_call = self._clock.callLater(self._settings.batch_window_ms / 1000, self._flush)
+            self._flush_call = self._clock.callLater(self.settings.batch_window_ms / 1000, self._flush)
 
     def _flush(self) -> None:
         self._flush_call = None
         if self._stopped or self._in_flight is not None or not self._ready:
             return
-        size = self._settings.max_events_per_request
+        size = self.settings.max_events_per_request
         batch, self._ready = self._ready[:size], self._ready[size:]
         self._in_flight = batch
         self._attempt(batch, first_attempt_at=self._clock.seconds(), attempt=0)
@@ -96,7 +96,7 @@ class Target:
             "X-Pusher-Key": self.app.key,
             "X-Pusher-Signature": signing.webhook_signature(self.app.secret, body),
         })
-        sent = self._post(self.webhook.url, body, headers, self._settings.request_timeout)
+        sent = self._post(self.webhook.url, body, headers, self.settings.request_timeout)
         sent.addCallbacks(self._answered, self._failed_with,
                           callbackArgs=(batch, first_attempt_at, attempt),
                           errbackArgs=(batch, first_attempt_at, attempt))
@@ -113,7 +113,7 @@ class Target:
                     failure.type.__name__)
 
     def _retry(self, batch, first_attempt_at: float, attempt: int, why: str) -> None:
-        settings = self._settings
+        settings = self.settings
         now = self._clock.seconds()
         # Jitter: receivers coming back are not hit by every server at once.
         delay = min(FIRST_RETRY_DELAY * 2 ** min(attempt, 16), MAX_RETRY_DELAY)
@@ -136,6 +136,13 @@ class Target:
         self._in_flight = None
         if self._ready and not self._stopped:
             self._flush_call = self._clock.callLater(0, self._flush)
+
+    def stop_for_good(self) -> list[int]:
+        """Stop sending (the target was removed); the outbox ids of every event still waiting."""
+        self.stop()
+        waiting = self._ready + (self._in_flight or [])
+        self._ready = []
+        return [p.outbox_id for p in waiting]
 
     def stop(self) -> None:
         """Stop sending; what is not delivered stays in the outbox for the next start."""
@@ -164,11 +171,35 @@ class Webhooks:
         self._unstored: list[tuple[Target, str]] = []
         self._store_call = None
         self._last_store: Deferred = succeed(None)  # outbox writes run in order: the last one
+        self._post = post
+        self._dropped = dropped
+        self._delivered = delivered
         self._targets: dict[str, list[Target]] = {}
+        self._all: dict[str, Target] = {}
+        self.reconfigure(apps, settings)
+
+    def reconfigure(self, apps, settings: WebhookSettings) -> None:
+        """Targets for these apps (at start, and on a reload). A target whose app and URL stay keeps
+        its queue and takes the new secret, key, filters, headers and settings; a removed target
+        stops, and the events waiting for it leave the outbox."""
+        previous, self._targets, self._all = self._all, {}, {}
         for app in apps:
-            self._targets[app.id] = [Target(app, webhook, settings, clock, outbox, post, dropped,
-                                            delivered) for webhook in app.webhooks]
-        self._all = {t.key: t for targets in self._targets.values() for t in targets}
+            targets = self._targets[app.id] = []
+            for webhook in app.webhooks:
+                target = previous.pop(f"{app.id} {webhook.url}", None)
+                if target is None:
+                    target = Target(app, webhook, settings, self._clock, self._outbox, self._post,
+                                    self._dropped, self._delivered)
+                else:
+                    target.app, target.webhook, target.settings = app, webhook, settings
+                targets.append(target)
+                self._all[target.key] = target
+        for target in previous.values():
+            waiting = target.stop_for_good()
+            if waiting:
+                log.warn("Dropping {count} webhook events waiting for {target}: no longer "
+                         "configured", count=len(waiting), target=target.key)
+                self._outbox.remove(waiting)
         self._wanted = wanted_event_types(apps)
 
     def wants(self, app_id: str, name: str) -> bool:

@@ -87,6 +87,8 @@ def main(argv=None) -> int:
         logs.configure(config.log.format, config.log.level)
         cluster = AmpCluster(config.apps, supervision) if config.cluster.engine == "local" else None
         server = SoketifyService(config, reactor, worker=WorkerRole(args.index, supervision, cluster))
+        # A reload reaches workers from the supervisor, which read and checked the file.
+        supervision.apply_config = lambda sent: server.apply(from_document(sent))
         server.startService()
         reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
         listening = gatherResults([listener.listening for listener in server.listeners],
@@ -95,6 +97,9 @@ def main(argv=None) -> int:
                                lambda failure: cannot_listen(failure.value.subFailure))
         freeze_startup_objects()
     reactor.callWhenRunning(lambda: supervision.when_registered().addCallback(start))
+    # SIGHUP goes to the supervisor (systemctl reload); one sent to the whole group must not end
+    # a worker (the default action).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     reactor.addSystemEventTrigger("before", "shutdown", signal.signal, signal.SIGTERM,
                                   signal.SIG_IGN)
     reactor.run()

@@ -8,13 +8,12 @@ import subprocess
 import sys
 import tempfile
 
-from twisted.application import service
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
 from soketify import systemd, tap
-from soketify.systemd import Notifier, SystemdStatus, environment_for_children, with_systemd_status
+from soketify.systemd import Notifier, SystemdStatus, environment_for_children, systemd_status
 from tests.support import make_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,8 +62,7 @@ class NotifierTests(unittest.TestCase):
 
     def test_nothing_without_notify_socket(self):
         self.assertIsNone(Notifier.from_environment({}))
-        main = service.Service()
-        self.assertIs(with_systemd_status(main, Clock(), lambda: (True, ""), {}), main)
+        self.assertIsNone(systemd_status(Clock(), lambda: (True, ""), {}))
 
     def test_a_vanished_socket_is_logged_once_not_raised(self):
         notifier = Notifier("/nonexistent/notify")

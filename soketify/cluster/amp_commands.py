@@ -193,6 +193,13 @@ class Deliver(amp.Command):
     requiresAnswer = False
 
 
+class Reload(amp.Command):
+    """The config file was read again (SIGHUP to the supervisor): serve this config from now on,
+    in the form Hello answers it. Answered once the worker applied it."""
+    arguments = [(b"config", BigJson())]
+    response = []
+
+
 class CountChanged(amp.Command):
     arguments = [(b"app_id", _text()), (b"channel", _text()), (b"count", amp.Integer())]
     requiresAnswer = False

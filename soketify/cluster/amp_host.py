@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -144,6 +144,7 @@ class AmpHost:
         self.workers_wanted = workers_wanted
         self._own_metrics = metrics
         self._apps = {app.id: app for app in apps}
+        self._removed: dict = {}  # apps a reload removed
         # Apps whose subscriber counts are announced, and which workers have subscribers of each
         # of their (non-presence) channels: only those hear the channel's count.
         self._announced = {app.id for app in apps
@@ -156,7 +157,25 @@ class AmpHost:
         self.state.attach(self)
 
     def app(self, app_id: str):
-        return self._apps[app_id]
+        # A removed app is still known: its workers' last leaves arrive after the reload.
+        return self._apps.get(app_id) or self._removed[app_id]
+
+    def reconfigure(self, apps, limits, grace: float, worker_config: dict) -> Deferred:
+        """A reload: the state takes the new apps and limits, and every worker the new config
+        (as does a worker started later). Fires once every linked worker applied it."""
+        self._removed.update(self._apps)
+        self._apps = {app.id: app for app in apps}
+        self._announced = {app.id for app in apps
+                           if app.subscription_count or self.webhooks.wants(app.id, "subscription_count")}
+        self.state.reconfigure(apps, limits, grace)
+        self.worker_config = worker_config
+        for app_id in self._counted_apps():
+            self.connections_changed(app_id)
+        return DeferredList([link.callRemote(cmd.Reload, config=worker_config).addErrback(
+            lambda f, index=link.index: log.warn("Worker {index} did not take the reloaded "
+                                                 "config: {why}", index=index,
+                                                 why=f.getErrorMessage()))
+            for link in self.links])
 
     def factory(self):
         """A server factory: each protocol it builds is one worker's link."""

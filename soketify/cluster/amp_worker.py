@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.application import service
 from twisted.internet import error
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -81,6 +81,11 @@ class SupervisorLink(cmd.QuietAMP):
     def worker_metrics(self):
         return {"text": self.supervision.local_metrics()}
 
+    @cmd.Reload.responder
+    def reload(self, config):
+        self.supervision.config = config
+        return maybeDeferred(self.supervision.apply_config, config).addCallback(lambda _: {})
+
 
 class Supervision:
     """What a worker knows of its supervisor: the link, whether the host serves, its metrics."""
@@ -99,6 +104,8 @@ class Supervision:
         self.closing = False  # this worker closes the link itself (it is stopping)
         self.node_number: int | None = None
         self.local_metrics = lambda: ""
+        # Serves a config sent by Reload (set by the worker once it serves).
+        self.apply_config = lambda config: None
         self._on_lost = on_lost
         self._ready_waiters: list[Deferred] = []
 
@@ -188,6 +195,12 @@ class AmpCluster(service.Service):
 
     def attach(self, listener) -> None:
         self._listener = listener
+
+    def reconfigure(self, apps, limits, grace: float) -> None:
+        """A reload: the supervisor holds the limits and grace; apps with max_connections count."""
+        self._counted = {app.id for app in apps if app.max_connections}
+        for app_id in self._counted:
+            self._connections.setdefault(app_id, 0)
 
     def draining(self) -> None:
         """Workers stop together with their host: clients leave one by one, as they close."""
@@ -300,6 +313,10 @@ class ForwardedWebhooks:
 
     def __init__(self, supervision: Supervision, apps):
         self._supervision = supervision
+        self._wanted = wanted_event_types(apps)
+
+    def reconfigure(self, apps, settings=None) -> None:
+        """A reload (the supervisor's outbox applies the webhook settings)."""
         self._wanted = wanted_event_types(apps)
 
     def wants(self, app_id: str, name: str) -> bool:

@@ -55,6 +55,14 @@ class LocalCluster(service.Service):
         self._listener = listener
         self._lifecycle = LifecycleEvents(self._clock, listener.emit_webhook, self._grace)
 
+    def reconfigure(self, apps, limits: LimitsConfig, grace: float) -> None:
+        """A reload: apps come with every call; the node limits and the grace apply from now on."""
+        self._limits = limits
+        self.cache.ttl = limits.cache_ttl
+        self._grace = grace
+        if self._lifecycle is not None:
+            self._lifecycle.grace = grace
+
     def startService(self) -> None:
         super().startService()
         self.cache.start()

@@ -98,6 +98,25 @@ class RedisCluster(service.Service):
     def attach(self, listener) -> None:
         self._listener = listener
 
+    def reconfigure(self, apps, limits: LimitsConfig, grace: float) -> None:
+        """A reload: new apps get their keys and counts, every app's flags are stored again (what
+        the scripts announce for it), and the limits and grace apply from now on."""
+        self._apps = {app.id: app for app in apps}
+        self._app_keys.update({app.id: app_key(self._prefix, app.id) for app in apps})
+        for app in apps:
+            self._connections.setdefault(app.id, 0)
+        self._counted = [app.id for app in apps if app.max_connections]
+        self._limits = limits
+        self._grace_ms = int(grace * 1000)
+        if self._redis is not None:
+            flags = [value for app in apps
+                     for value in (self._app_keys[app.id], f"{self._app_flags(app)}\n{app.id}")]
+            self._redis.execute("HSET", f"{self._prefix}:apps", *flags).addErrback(
+                self._log_failure, "storing the reloaded apps")
+        if (self.running and not self._draining and not self._claims.running
+                and any(self._app_flags(app).strip("c") for app in apps)):
+            self._claims.start(CLAIM_INTERVAL, now=False)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def startService(self) -> None:

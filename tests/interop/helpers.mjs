@@ -338,7 +338,13 @@ export class Daemon {
       const made = spawnSync(PYTHON, [path.join(HERE, 'make_cert.py'), tls.key, tls.cert], { encoding: 'utf8' });
       if (made.status !== 0) throw new Error(`make_cert.py failed: ${made.stderr}`);
       this.tlsCert = tls.cert;
+      this.tlsKey = tls.key;
     }
+    return this._render();
+  }
+
+  _render() {
+    const tls = this.tls ? { port: this.tlsPort, key: this.tlsKey, cert: this.tlsCert } : null;
     return renderConfig({
       port: this.port, server: this.server, apps: this.apps, tls, limits: this.limits,
       webhooks: this.webhooks, cluster: this.cluster, stateDir: this.stateDir,
@@ -367,6 +373,21 @@ export class Daemon {
         resolve(this.exit);
       });
     });
+  }
+
+  /**
+   * Rewrite the config file with `changes` (apps, server, limits, webhooks) over what it was started
+   * with (same ports and TLS files), or with `text` as it is, send SIGHUP and resolve with the line
+   * saying how the reload ended ("Reloaded ..." or "Reload refused ...").
+   */
+  async reload(changes = {}, { text = null, timeout = 15000 } = {}) {
+    Object.assign(this, changes);
+    const outcomes = () => this.output().split('\n').filter((l) => /Reloaded |Reload refused/.test(l));
+    const before = outcomes().length;
+    fs.writeFileSync(this.configPath, text ?? this._render());
+    this.proc.kill('SIGHUP');
+    await pollUntil(() => outcomes().length > before, { timeout, what: 'the reload to be logged' });
+    return outcomes()[before];
   }
 
   get baseUrl() {
