@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from soketify import signing
 from soketify.config import WebhookSettings
+from soketify.log_summary import Summarised
 
 log = Logger()
 
@@ -38,12 +39,19 @@ class _Pending:
     event: str  # JSON text
 
 
+def failures_log(clock) -> Summarised:
+    """Failed attempts, written once per URL and minute, then counted."""
+    return Summarised(clock, log, LogLevel.warn,
+                      "Webhook to {url} failed ({why}); retrying in {delay:.1f} s",
+                      "failed attempts to {source}")
+
+
 class Target:
     """One webhook URL of one app."""
 
     def __init__(self, app, webhook, settings: WebhookSettings, clock, outbox, post,
                  dropped: Callable[[str, int], None], delivered: Callable[[str, int], None],
-                 jitter=random.random):
+                 jitter=random.random, failures: Summarised | None = None):
         self.app = app
         self.webhook = webhook
         self.key = f"{app.id} {webhook.url}"
@@ -54,6 +62,7 @@ class Target:
         self._dropped = dropped
         self._delivered = delivered
         self._jitter = jitter
+        self._failures = failures or failures_log(clock)
         self._ready: list[_Pending] = []
         self._writes: Deferred = succeed(None)  # the chain of outbox writes, in order
         self._flush_call = None
@@ -125,8 +134,7 @@ class Target:
             self._dropped(self.app.id, len(batch))
             self._done(batch)
             return
-        log.warn("Webhook to {url} failed ({why}); retrying in {delay:.1f} s",
-                 url=self.webhook.url, why=why, delay=delay)
+        self._failures.log(self.webhook.url, url=self.webhook.url, why=why, delay=delay)
         if not self._stopped:
             self._retry_call = self._clock.callLater(delay, self._attempt, batch, first_attempt_at,
                                                      attempt + 1)
@@ -172,6 +180,7 @@ class Webhooks:
         self._store_call = None
         self._last_store: Deferred = succeed(None)  # outbox writes run in order: the last one
         self._post = post
+        self._failures = failures_log(clock)
         self._dropped = dropped
         self._delivered = delivered
         self._targets: dict[str, list[Target]] = {}
@@ -189,7 +198,7 @@ class Webhooks:
                 target = previous.pop(f"{app.id} {webhook.url}", None)
                 if target is None:
                     target = Target(app, webhook, settings, self._clock, self._outbox, self._post,
-                                    self._dropped, self._delivered)
+                                    self._dropped, self._delivered, failures=self._failures)
                 else:
                     target.app, target.webhook, target.settings = app, webhook, settings
                 targets.append(target)

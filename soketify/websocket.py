@@ -6,7 +6,7 @@ from urllib.parse import unquote
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet.tcp import Server as TcpServerTransport
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from soketify import protocol
@@ -18,6 +18,7 @@ from soketify.autobahn_tuning import (
 from soketify.cluster.interfaces import IConnection
 from soketify.frames import text_frame
 from soketify.handshake import accept_value, plain_upgrade
+from soketify.log_summary import Summarised
 from soketify.socket_writes import send_now
 
 APP_PATH_PREFIX = "/app/"
@@ -180,8 +181,9 @@ class PusherServerProtocol(WebSocketServerProtocol):
         if self._paused:
             self._unsent_while_paused += len(frame)
             if self._unsent_while_paused > self.factory.max_send_buffer:
-                self._log.warn("Dropping slow client {socket_id}: over {limit} bytes unsent",
-                               socket_id=self.socket_id, limit=self.factory.max_send_buffer)
+                self.factory.slow_clients_log.log(
+                    "", socket_id=self.socket_id, address=self.remote_address,
+                    limit=self.factory.max_send_buffer)
                 mark_closing(self)
                 # abortConnection reports the loss on a later reactor turn, never within this write.
                 transport.abortConnection()
@@ -265,6 +267,10 @@ class PusherServerFactory(WebSocketServerFactory):
         self.max_send_buffer = max_send_buffer
         self.traffic_totals = new_traffic_totals()
         self.stopping = False
+        self.slow_clients_log = Summarised(
+            clock, PusherServerProtocol._log, LogLevel.warn,
+            "Dropping slow client {socket_id} ({address}): over {limit} bytes unsent",
+            "slow clients dropped")
         self.setProtocolOptions(
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
