@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from soketify.protocol import channel_type
+
 
 class Channel:
     """One channel with subscribers on this node, in subscription order.
@@ -32,6 +34,14 @@ class AppChannels:
 
     def get(self, name: str) -> Channel | None:
         return self._channels.get(name)
+
+    def subscriptions_by_type(self) -> dict[str, int]:
+        """Subscriptions on this node by channel type ('public', 'presence', 'private-cache'...)."""
+        counts: dict[str, int] = {}
+        for name, channel in self._channels.items():
+            kind = channel_type(name)
+            counts[kind] = counts.get(kind, 0) + len(channel.subscribers)
+        return counts
 
     def add(self, connection: Any, name: str, user_id: str | None = None) -> bool:
         """Add a subscriber (on presence channels, as ``user_id``); False if it already was one."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from itertools import count
+from time import perf_counter
 from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred, succeed
@@ -65,6 +66,8 @@ class Hub:
         self.users = Users()
         # Webhooks: `emit(app_id, event)` and `wants(app_id, event_name)`; none by default.
         self.webhooks = webhooks if webhooks is not None else NoWebhooks()
+        # Told how long each event took from reaching deliver() to written to every subscriber.
+        self.delivered_in: Callable[[float], None] = lambda seconds: None
         cluster.attach(self)
 
     def stop(self) -> None:
@@ -142,6 +145,10 @@ class Hub:
         waiter = Deferred()
         self._waiting_for_no_connections.append(waiter)
         return waiter
+
+    def subscriptions_by_type(self, app_id: str) -> dict[str, int]:
+        channels = self._channels.get(app_id)
+        return channels.subscriptions_by_type() if channels is not None else {}
 
     def connection_count(self, app_id: str) -> int:
         """Open connections of the app on this node."""
@@ -313,11 +320,14 @@ class Hub:
         channel = app_channels.get(channel_name) if app_channels is not None else None
         if channel is None:
             return
+        started = perf_counter()
         subscribers = channel.subscribers
         frame = self._frame(payload)
         # Writing never closes a connection synchronously, so the subscribers cannot change under us.
         self._write_each(subscribers, frame, except_socket_id)
         self.traffic[app_id].sent(len(subscribers) - (except_socket_id in subscribers), len(frame))
+        # Once per event, whatever the number of subscribers.
+        self.delivered_in(perf_counter() - started)
 
     # -- webhooks ----------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, UnknownMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -40,6 +40,13 @@ class _HubCollector:
         for app in hub.apps:
             gauge.add_metric([app.id], hub.connection_count(app.id))
         yield gauge
+        subscriptions = GaugeMetricFamily(prefix + "subscriptions",
+                                          "Channel subscriptions on this node, by channel type",
+                                          labels=["app_id", "channel_type"])
+        for app in hub.apps:
+            for kind, count in sorted(hub.subscriptions_by_type(app.id).items()):
+                subscriptions.add_metric([app.id, kind], count)
+        yield subscriptions
         for name, kind, documentation, field in TRAFFIC:
             family_type = CounterMetricFamily if kind == "counter" else UnknownMetricFamily
             family = family_type(prefix + name, documentation, labels=["app_id"])
@@ -56,6 +63,14 @@ class Metrics:
         self.host_metrics = host_metrics
         self.prefix = prefix
         self.registry = CollectorRegistry()
+        self.webhook_events_queued = Counter(
+            prefix + "webhook_events_queued",
+            "Webhook events written to the outbox for one target (or resumed from it at start)",
+            ["app_id"], registry=self.registry)
+        self.webhook_events_failed = Counter(
+            prefix + "webhook_events_failed",
+            "Webhook events in a failed attempt (not 2xx, or no answer); each retry counts again",
+            ["app_id"], registry=self.registry)
         self.webhook_events_delivered = Counter(
             prefix + "webhook_events_delivered", "Webhook events acknowledged with a 2xx",
             ["app_id"], registry=self.registry)
@@ -63,6 +78,23 @@ class Metrics:
             prefix + "webhook_events_dropped",
             "Webhook events given up after retrying for webhooks.retry_for seconds",
             ["app_id"], registry=self.registry)
+        self.webhook_delivery_seconds = Histogram(
+            prefix + "webhook_delivery_seconds",
+            "From a webhook event's queueing to its target's 2xx", ["app_id"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=self.registry)
+        # Observed once per event delivered here, not per subscriber.
+        self.publish_to_write = Histogram(
+            prefix + "publish_to_write_seconds",
+            "From an event reaching this node's hub (a REST trigger or client event accepted here, "
+            "or one relayed by the cluster engine) to its frame written to every subscriber here",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                     0.5, 1), registry=self.registry)
+        self.cluster_round_trip = Histogram(
+            prefix + "cluster_round_trip_seconds",
+            "Calls to the cluster engine answered: Redis scripts and queries, or the supervisor's "
+            "state over AMP", ["engine"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                     0.5, 1, 2.5), registry=self.registry)
         self.refusals = Counter(
             prefix + "limit_refusals",
             "Requests and frames refused over an app limit, by the limit (the [[apps]] key)",
@@ -74,8 +106,21 @@ class Metrics:
     def watch_hub(self, hub) -> None:
         self.registry.register(_HubCollector(hub, self.prefix))
 
-    def webhook_delivered(self, app_id: str, count: int) -> None:
-        self.webhook_events_delivered.labels(app_id).inc(count)
+    def webhook_queued(self, app_id: str, count: int) -> None:
+        self.webhook_events_queued.labels(app_id).inc(count)
+
+    def webhook_failed(self, app_id: str, count: int) -> None:
+        self.webhook_events_failed.labels(app_id).inc(count)
+
+    def webhook_delivered(self, app_id: str, waited: list[float]) -> None:
+        self.webhook_events_delivered.labels(app_id).inc(len(waited))
+        histogram = self.webhook_delivery_seconds.labels(app_id)
+        for seconds in waited:
+            histogram.observe(seconds)
+
+    def round_trips(self, engine: str):
+        """``observe(seconds)`` for one engine's answered calls."""
+        return self.cluster_round_trip.labels(engine).observe
 
     def webhook_dropped(self, app_id: str, count: int) -> None:
         self.webhook_events_dropped.labels(app_id).inc(count)

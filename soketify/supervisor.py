@@ -94,8 +94,7 @@ class SupervisorService(service.Service):
             return False
         self.outbox = Outbox.on_thread(outbox_path(config), self.reactor)
         self.webhooks = Webhooks(config.apps, config.webhooks, self.reactor, self.outbox,
-                                 treq_post(self.reactor), dropped=self.metrics.webhook_dropped,
-                                 delivered=self.metrics.webhook_delivered)
+                                 treq_post(self.reactor), counts=self.metrics)
         return True
 
     def _open_outbox(self) -> None:

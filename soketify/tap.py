@@ -99,6 +99,9 @@ class SoketifyService(service.MultiService):
                        webhooks=self.webhooks, write_each=write_to_subscribers,
                        on_refusal=self.metrics.refused)
         self.metrics.watch_hub(self.hub)
+        self.hub.delivered_in = self.metrics.publish_to_write.observe
+        self.cluster.round_trip = self.metrics.round_trips(
+            "amp" if worker is not None and worker.cluster is not None else config.cluster.engine)
         self.sessions = Sessions(self.hub, config.limits, reactor)
         self.address_limits = AddressLimits(reactor, server.max_connections_per_ip,
                                             server.max_handshakes_per_ip_per_second)
@@ -143,8 +146,7 @@ class SoketifyService(service.MultiService):
         self.outbox = self._outbox_given or Outbox.on_thread(path, self.reactor)
         self.webhooks = Webhooks(config.apps, config.webhooks, self.reactor, self.outbox,
                                  self._webhook_post or treq_post(self.reactor),
-                                 dropped=self.metrics.webhook_dropped,
-                                 delivered=self.metrics.webhook_delivered)
+                                 counts=self.metrics)
 
     def _open_outbox(self) -> None:
         opened = self.outbox.open()

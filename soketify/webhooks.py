@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger, LogLevel
@@ -37,6 +36,23 @@ MAX_RETRY_DELAY = 30.0
 class _Pending:
     outbox_id: int
     event: str  # JSON text
+    queued_at: float  # when it was stored (or resumed after a restart)
+
+
+class NoCounts:
+    """Where webhook events are counted (``metrics.Metrics`` in the daemon): nowhere."""
+
+    def webhook_queued(self, app_id: str, count: int) -> None:
+        pass
+
+    def webhook_failed(self, app_id: str, count: int) -> None:
+        pass
+
+    def webhook_delivered(self, app_id: str, waited: list[float]) -> None:
+        pass
+
+    def webhook_dropped(self, app_id: str, count: int) -> None:
+        pass
 
 
 def failures_log(clock) -> Summarised:
@@ -50,8 +66,9 @@ class Target:
     """One webhook URL of one app."""
 
     def __init__(self, app, webhook, settings: WebhookSettings, clock, outbox, post,
-                 dropped: Callable[[str, int], None], delivered: Callable[[str, int], None],
-                 jitter=random.random, failures: Summarised | None = None):
+                 counts=None, jitter=random.random, failures: Summarised | None = None):
+        """``counts`` counts events queued, failed, delivered (with the seconds each waited
+        since it was queued) and dropped (see NoCounts)."""
         self.app = app
         self.webhook = webhook
         self.key = f"{app.id} {webhook.url}"
@@ -59,8 +76,7 @@ class Target:
         self._clock = clock
         self._outbox = outbox
         self._post = post
-        self._dropped = dropped
-        self._delivered = delivered
+        self._counts = counts or NoCounts()
         self._jitter = jitter
         self._failures = failures or failures_log(clock)
         self._ready: list[_Pending] = []
@@ -80,7 +96,8 @@ class Target:
 
     def restore(self, stored: list[tuple[int, str]]) -> None:
         """Queue events that are in the outbox (new ones, or left over from a previous run)."""
-        self._ready.extend(_Pending(i, e) for i, e in stored)
+        now = self._clock.seconds()
+        self._ready.extend(_Pending(i, e, now) for i, e in stored)
         if self._in_flight is None and self._retry_call is None and self._flush_call is None:
             self._flush_call = self._clock.callLater(self.settings.batch_window_ms / 1000, self._flush)
 
@@ -112,7 +129,8 @@ class Target:
 
     def _answered(self, status: int, batch, first_attempt_at, attempt) -> None:
         if 200 <= status < 300:
-            self._delivered(self.app.id, len(batch))
+            now = self._clock.seconds()
+            self._counts.webhook_delivered(self.app.id, [now - p.queued_at for p in batch])
             self._done(batch)
         else:
             self._retry(batch, first_attempt_at, attempt, f"HTTP {status}")
@@ -122,6 +140,7 @@ class Target:
                     failure.type.__name__)
 
     def _retry(self, batch, first_attempt_at: float, attempt: int, why: str) -> None:
+        self._counts.webhook_failed(self.app.id, len(batch))
         settings = self.settings
         now = self._clock.seconds()
         # Jitter: receivers coming back are not hit by every server at once.
@@ -131,7 +150,7 @@ class Target:
             log.error("Dropping {count} webhook events for {url} after {seconds:.0f} s of failed "
                       "attempts (last: {why})", count=len(batch), url=self.webhook.url,
                       seconds=now - first_attempt_at, why=why)
-            self._dropped(self.app.id, len(batch))
+            self._counts.webhook_dropped(self.app.id, len(batch))
             self._done(batch)
             return
         self._failures.log(self.webhook.url, url=self.webhook.url, why=why, delay=delay)
@@ -170,9 +189,8 @@ def wanted_event_types(apps) -> dict[str, set[str]]:
 class Webhooks:
     """Routes each app's webhook events to the targets whose filters select them."""
 
-    def __init__(self, apps, settings: WebhookSettings, clock, outbox, post,
-                 dropped: Callable[[str, int], None] = lambda app_id, count: None,
-                 delivered: Callable[[str, int], None] = lambda app_id, count: None):
+    def __init__(self, apps, settings: WebhookSettings, clock, outbox, post, counts=None):
+        """``counts``: see Target."""
         self._clock = clock
         self._outbox = outbox
         # Events of this reactor turn, written to the outbox together in one transaction.
@@ -181,8 +199,7 @@ class Webhooks:
         self._last_store: Deferred = succeed(None)  # outbox writes run in order: the last one
         self._post = post
         self._failures = failures_log(clock)
-        self._dropped = dropped
-        self._delivered = delivered
+        self._counts = counts or NoCounts()
         self._targets: dict[str, list[Target]] = {}
         self._all: dict[str, Target] = {}
         self.reconfigure(apps, settings)
@@ -198,7 +215,7 @@ class Webhooks:
                 target = previous.pop(f"{app.id} {webhook.url}", None)
                 if target is None:
                     target = Target(app, webhook, settings, self._clock, self._outbox, self._post,
-                                    self._dropped, self._delivered, failures=self._failures)
+                                    self._counts, failures=self._failures)
                 else:
                     target.app, target.webhook, target.settings = app, webhook, settings
                 targets.append(target)
@@ -235,6 +252,7 @@ class Webhooks:
             for (target, text), outbox_id in zip(rows, ids):
                 by_target.setdefault(target, []).append((outbox_id, text))
             for target, stored in by_target.items():
+                self._counts.webhook_queued(target.app.id, len(stored))
                 target.restore(stored)
 
         stored = self._outbox.add([(target.key, text) for target, text in rows])
@@ -271,6 +289,7 @@ class Webhooks:
                 else:
                     log.info("Resuming {count} stored webhook events for {target}",
                              count=len(stored), target=key)
+                    self._counts.webhook_queued(target.app.id, len(stored))
                     target.restore(stored)
         return self._outbox.pending().addCallback(queue)
 

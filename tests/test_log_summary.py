@@ -70,8 +70,7 @@ class FailingWebhookTargetTests(unittest.TestCase):
         app = parse({"apps": [{"id": "a", "key": "k", "secret": "s",
                                "webhooks": [{"url": "http://hooks.test/x"}]}]}).apps[0]
         target = Target(app, app.webhooks[0], WebhookSettings(retry_for=3600), clock,
-                        synchronous_outbox(), receiver.post, lambda *a: None, lambda *a: None,
-                        jitter=lambda: 0.0)
+                        synchronous_outbox(), receiver.post, jitter=lambda: 0.0)
         target.restore([(1, '{"name":"channel_occupied","channel":"c"}')])
         for _ in range(120):
             clock.advance(1)

@@ -15,6 +15,9 @@ class FakeHub:
     def connection_count(self, app_id):
         return self._counts[app_id]
 
+    def subscriptions_by_type(self, app_id):
+        return {"public": self._counts[app_id]}
+
 
 class AddUpTests(unittest.TestCase):
     def test_gauges_add_up_and_counters_stay_per_process(self):
@@ -23,13 +26,13 @@ class AddUpTests(unittest.TestCase):
         first, second = Metrics(), Metrics()
         first.watch_hub(FakeHub({"a": 3, "b": 1}))
         second.watch_hub(FakeHub({"a": 4, "b": 0}))
-        first.webhook_delivered("a", 5)
-        second.webhook_delivered("a", 2)
+        first.webhook_delivered("a", [0.1] * 5)
+        second.webhook_delivered("a", [0.1] * 2)
         second.webhook_dropped("b", 1)
         text = add_up([("worker-0", first.render().decode()),
                        ("worker-1", second.render().decode()), ("worker-2", "")]).decode()
         lines = [line for line in text.splitlines() if not line.startswith("#")
-                 and line.startswith(("soketify_connected", "soketify_webhook"))]
+                 and line.startswith(("soketify_connected", "soketify_webhook_events"))]
         self.assertEqual(sorted(lines), sorted([
             'soketify_connected{app_id="a"} 7.0',
             'soketify_connected{app_id="b"} 1.0',
@@ -75,3 +78,52 @@ class TrafficTests(unittest.TestCase):
         # The trigger; /metrics is no app's call.
         self.assertEqual(values["soketi_http_calls_received_total"], 1)
         self.assertGreater(values["soketi_http_transmitted_bytes"], 0)
+
+
+def samples(text: str) -> dict:
+    """{(name, labels): value} of a Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+class OwnMetricsTests(unittest.TestCase):
+    """What only Soketify counts: subscriptions by channel type, publish-to-write time, webhook
+    events from queueing to delivery, cluster round trips."""
+
+    def test_subscriptions_by_type_and_publish_to_write(self):
+        from tests.support import Rig, make_config
+        rig = Rig(self, make_config())
+        clients = [rig.connect() for _ in range(3)]
+        for client in clients:
+            client.subscribe("news")
+        clients[0].subscribe("cache-prices")
+        for _ in range(4):
+            self.assertEqual(rig.signed("POST", "/apps/app-id/events",
+                                        {"name": "e", "channels": ["news"], "data": "x"}).status, 200)
+        found = samples(rig.http("GET", "/metrics").body.decode())
+        app = ("app_id", "app-id")
+        self.assertEqual(found[("soketify_subscriptions", (app, ("channel_type", "public")))], 3)
+        self.assertEqual(found[("soketify_subscriptions", (app, ("channel_type", "cache")))], 1)
+        self.assertEqual(found[("soketify_publish_to_write_seconds_count", ())], 4)
+        self.assertGreater(found[("soketify_publish_to_write_seconds_sum", ())], 0)
+        self.assertEqual(found[("soketify_publish_to_write_seconds_bucket", (("le", "+Inf"),))], 4)
+
+    def test_webhook_events_queued_failed_delivered_and_their_wait(self):
+        from tests.test_webhooks import make_rig, settle
+        rig, receiver = make_rig(self)
+        receiver.statuses = [500]
+        client = rig.connect()
+        client.subscribe("news")
+        settle(rig)  # the first attempt fails
+        rig.advance(2, step=0.1)  # the retry (after at most 1 s) is answered 2xx
+        self.assertEqual(len(receiver.requests), 2)
+        found = samples(rig.http("GET", "/metrics").body.decode())
+        app = (("app_id", "app-id"),)
+        self.assertEqual(found[("soketify_webhook_events_queued_total", app)], 1)
+        self.assertEqual(found[("soketify_webhook_events_failed_total", app)], 1)
+        self.assertEqual(found[("soketify_webhook_events_delivered_total", app)], 1)
+        self.assertEqual(found[("soketify_webhook_delivery_seconds_count", app)], 1)
+        waited = found[("soketify_webhook_delivery_seconds_sum", app)]
+        self.assertTrue(0.5 <= waited <= 1.2, waited)
+        self.assertEqual(found[("soketify_webhook_delivery_seconds_bucket", app + (("le", "0.25"),))], 0)

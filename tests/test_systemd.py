@@ -115,31 +115,42 @@ class SystemdStatusTests(unittest.TestCase):
         self.assertTrue(listener.messages()[0].startswith("STOPPING=1"))
 
 
+def start_daemon(test_case, listener, output=None):
+    """twistd soketify on a free port of 127.0.0.1, notifying ``listener``; returns its port once
+    it sent READY=1. ``output`` (a file) gets its log as the journal would; the process is
+    ``test_case.daemon``."""
+    config = os.path.join(tempfile.mkdtemp(), "soketify.toml")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with open(config, "w") as f:
+        f.write(f'[server]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
+                '[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\n')
+    env = dict(os.environ, NOTIFY_SOCKET=listener.address, PYTHONPATH=ROOT)
+    if output is not None:
+        # Standard output is "the journal": $JOURNAL_STREAM names its device and inode.
+        stat = os.fstat(output.fileno())
+        env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+    daemon = test_case.daemon = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
+         "--logger", "soketify.logs.make_observer", "soketify", "--config", config],
+        cwd=tempfile.mkdtemp(), env=env, stdout=output or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT)
+    test_case.addCleanup(lambda: daemon.poll() is None and daemon.kill())
+    ready = listener.next()
+    test_case.assertTrue(ready.startswith("READY=1"), ready)
+    return port
+
+
 class RealDaemonTests(unittest.TestCase):
     def test_the_daemon_notifies_ready_then_stopping(self):
         """twistd soketify under a notify socket, logging to the journal: READY=1 once it listens,
         STOPPING=1 on SIGTERM, every log line with its priority."""
         listener = Listener(self)
-        config = os.path.join(tempfile.mkdtemp(), "soketify.toml")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        with open(config, "w") as f:
-            f.write(f'[server]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n'
-                    '[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\n')
-        # Standard output is "the journal": $JOURNAL_STREAM names its device and inode.
         output = tempfile.TemporaryFile("w+")
         self.addCleanup(output.close)
-        stat = os.fstat(output.fileno())
-        env = dict(os.environ, NOTIFY_SOCKET=listener.address, PYTHONPATH=ROOT,
-                   JOURNAL_STREAM=f"{stat.st_dev}:{stat.st_ino}")
-        daemon = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
-             "--logger", "soketify.logs.make_observer", "soketify", "--config", config],
-            cwd=tempfile.mkdtemp(), env=env, stdout=output, stderr=subprocess.STDOUT)
-        self.addCleanup(lambda: daemon.poll() is None and daemon.kill())
-        ready = listener.next()
-        self.assertTrue(ready.startswith("READY=1"), ready)
+        port = start_daemon(self, listener, output)
+        daemon = self.daemon
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass  # it really listens
         daemon.send_signal(signal.SIGTERM)

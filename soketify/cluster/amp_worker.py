@@ -8,6 +8,8 @@ whether the host serves (every worker up, no stop under way) and the host-wide m
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from twisted.application import service
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -104,6 +106,8 @@ class Supervision:
         self.closing = False  # this worker closes the link itself (it is stopping)
         self.node_number: int | None = None
         self.local_metrics = lambda: ""
+        # Told how long each answered call took (metrics: cluster_round_trip_seconds).
+        self.round_trip = lambda seconds: None
         # Serves a config sent by Reload (set by the worker once it serves).
         self.apply_config = lambda config: None
         self._on_lost = on_lost
@@ -153,10 +157,15 @@ class Supervision:
     def call(self, command, **arguments) -> Deferred:
         if self.link is None or not self.registered:
             return fail(ClusterUnavailable("no link to the supervisor"))
+        started = perf_counter()
         asked = self.link.callRemote(command, **arguments)
         if asked is not None:
-            asked.addErrback(_unavailable)
+            asked.addCallbacks(self._answered, _unavailable, callbackArgs=(started,))
         return asked
+
+    def _answered(self, answer, started: float):
+        self.round_trip(perf_counter() - started)
+        return answer
 
     def host_metrics(self) -> Deferred:
         """Deferred of the Prometheus text of every worker of the host."""
@@ -195,6 +204,14 @@ class AmpCluster(service.Service):
 
     def attach(self, listener) -> None:
         self._listener = listener
+
+    @property
+    def round_trip(self):
+        return self.supervision.round_trip
+
+    @round_trip.setter
+    def round_trip(self, observe) -> None:
+        self.supervision.round_trip = observe
 
     def reconfigure(self, apps, limits, grace: float) -> None:
         """A reload: the supervisor holds the limits and grace; apps with max_connections count."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+from time import perf_counter
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -63,6 +64,9 @@ def app_key(prefix: str, app_id: str) -> str:
 @implementer(ICluster)
 class RedisCluster(service.Service):
     name = "cluster"
+
+    # Told how long each answered script took (metrics: cluster_round_trip_seconds).
+    round_trip = staticmethod(lambda seconds: None)
 
     def __init__(self, reactor, apps, limits: LimitsConfig, settings: ClusterConfig, grace: float):
         self._reactor = reactor
@@ -494,7 +498,13 @@ class RedisCluster(service.Service):
     # -- helpers -------------------------------------------------------------------------------
 
     def _run(self, redis, script, *args) -> Deferred:
-        return redis.evalsha(script, (), (self._prefix, self.node_number, *args))
+        started = perf_counter()
+        answer = redis.evalsha(script, (), (self._prefix, self.node_number, *args))
+        return answer.addCallback(self._timed, started)
+
+    def _timed(self, result, started: float):
+        self.round_trip(perf_counter() - started)
+        return result
 
     @staticmethod
     def _log_failure(failure, what: str) -> None:
