@@ -122,6 +122,16 @@ class NodesOnTheReactor:
             for node in {id(n): n for n in nodes}.values():
                 yield node.cluster.sync()
 
+    async def _round_trips_timed(self):
+        """Each call the engine gets an answer to is timed (cluster_round_trip_seconds)."""
+        [node] = await self._start_nodes(1)
+        timed = []
+        node.cluster.round_trip = timed.append
+        await node.cluster.join(APP, "news", node.socket(1), None)
+        await node.cluster.channel_stats(APP.id, ["news"])
+        self.assertEqual(len(timed), 2)
+        self.assertTrue(all(0 < seconds < 5 for seconds in timed), timed)
+
 
 class ClusterContract:
     """Mixed into a trial TestCase together with an engine's make_nodes/elapse/settle."""
