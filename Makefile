@@ -4,7 +4,7 @@ PYTHON ?= python3
 CONFIG ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test unit interop system-deps test-system-deps bench lock clean
+.PHONY: run test unit interop system-deps test-system-deps bench lock clean package package-deps package-test package-test-deps
 
 # Debian packages the server needs: Python 3.11+ with venv.
 system-deps:
@@ -60,3 +60,28 @@ lock:
 
 clean:
 	rm -rf $(VENV) node_modules _trial_temp .pytest_cache .lock-venv debian/soketify debian/.debhelper
+
+# The Debian package: `make package` builds dist/deb/soketify_<version>_<arch>.deb from a copy of the
+# files a clean clone holds (tracked and new files, nothing git ignores), running the unit tests
+# against the built venv (DEB_BUILD_OPTIONS=nocheck skips them). `make package-test` then checks it
+# with lintian, installs it on this machine, runs and reloads the service, and purges it
+# (tests/package/run.sh; it needs root).
+DEB_DIR := dist/deb
+
+# Build dependencies from debian/control, through apt when any is missing.
+package-deps:
+	@{ command -v dpkg-checkbuilddeps >/dev/null && dpkg-checkbuilddeps >/dev/null 2>&1; } || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y dpkg-dev && $(SUDO) apt-get build-dep -y ./; }
+
+package: package-deps
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/soketify
+	git ls-files -z --cached --others --exclude-standard | \
+	  tar --null --files-from=- --ignore-failed-read -cf - | tar -xf - -C $(DEB_DIR)/soketify
+	cd $(DEB_DIR)/soketify && dpkg-buildpackage -us -uc -b
+	@ls -l $(DEB_DIR)/*.deb
+
+package-test-deps:
+	@command -v lintian >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y lintian; }
+
+package-test: package package-test-deps node_modules/.installed
+	$(SUDO) tests/package/run.sh $(DEB_DIR)
