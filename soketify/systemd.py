@@ -62,12 +62,17 @@ class SystemdStatus(service.Service):
         self._status = status
         self._ready_sent = False
         self._last_text = None
+        self._clock = clock
+        self._starting = None
         self._loop = LoopingCall(self._update)
         self._loop.clock = clock
 
     def startService(self):
         super().startService()
-        self._loop.start(STATUS_INTERVAL, now=True)
+        # Not before the reactor runs: until then a SIGTERM (after READY=1, systemctl stop) would
+        # find no handler and kill the process without a graceful stop. Timed calls run only once
+        # the reactor runs, after it installed its signal handlers.
+        self._starting = self._clock.callLater(0, self._loop.start, STATUS_INTERVAL, True)
 
     def _update(self) -> None:
         serving, text = self._status()
@@ -91,6 +96,8 @@ class SystemdStatus(service.Service):
         self._notifier.send("READY=1", f"STATUS={text}")
 
     def stopService(self):
+        if self._starting is not None and self._starting.active():
+            self._starting.cancel()
         if self._loop.running:
             self._loop.stop()
         self._notifier.send("STOPPING=1", "STATUS=Stopping: asking clients to reconnect elsewhere")

@@ -8,6 +8,7 @@ import sys
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
@@ -58,7 +59,7 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self["loaded"] = load_default(self["config"])
-            problems = config_problems(self["loaded"])
+            problems = listen_problems(self["loaded"]) + config_problems(self["loaded"])
             if problems:
                 raise ConfigError(problems)
         except ConfigError as e:
@@ -288,6 +289,25 @@ def adopt_stray_outboxes(config: Config) -> None:
 def shortest_authorization_timeout(config: Config) -> int | None:
     timeouts = [app.authorization_timeout for app in config.apps if app.authorized_connections]
     return min(timeouts) if timeouts else None
+
+
+def listen_problems(config: Config) -> list[str]:
+    """Listen endpoints that cannot be made: a typo, an ssl: key or certificate that cannot be
+    read, a systemd: socket that systemd did not pass. Checked at start-up only (listen needs a
+    restart anyway)."""
+    problems = []
+    for description in config.server.listen:
+        try:
+            serverFromString(None, description)  # parsing needs no reactor
+        except (IndexError, KeyError) as e:
+            if not description.lower().startswith("systemd:"):
+                raise
+            problems.append(f"{config.source}: server.listen: {description!r}: systemd passed no "
+                            f"such socket ({type(e).__name__}: {e}); enable and start the socket "
+                            "unit (soketify.socket), or listen on tcp:")
+        except Exception as e:
+            problems.append(f"{config.source}: server.listen: {description!r}: {e}")
+    return problems
 
 
 def config_problems(config: Config) -> list[str]:

@@ -166,3 +166,29 @@ class SocketActivationTests(unittest.TestCase):
         daemon = self.start(f"[::1]:{port}", "INET6")
         self.check_http_then_websocket(socket.AF_INET6, "::1", port)
         self.stop(daemon)
+
+
+class ListenProblemTests(unittest.TestCase):
+    """A listen endpoint that cannot be made is one line at start-up, not a traceback."""
+
+    def problems(self, *listen):
+        from soketify.config import parse
+        from soketify.tap import listen_problems
+        config = parse({"server": {"listen": list(listen)},
+                        "apps": [{"id": "1", "key": "k", "secret": "s"}]}, "soketify.toml")
+        return listen_problems(config)
+
+    def test_a_systemd_socket_that_was_not_passed(self):
+        """(This test process got no socket; one that did is SocketActivationTests.)"""
+        [problem] = self.problems("systemd:domain=INET6:index=0")
+        self.assertTrue(problem.startswith(
+            "soketify.toml: server.listen: 'systemd:domain=INET6:index=0': systemd passed no such "
+            "socket"), problem)
+        self.assertIn("soketify.socket", problem)
+
+    def test_unreadable_tls_files_and_typos(self):
+        missing, typo = self.problems("ssl:6002:privateKey=/nonexistent/key.pem", "tcpp:6001")
+        self.assertIn("'ssl:6002:privateKey=/nonexistent/key.pem'", missing)
+        self.assertIn("No such file", missing)
+        self.assertIn("'tcpp:6001'", typo)
+        self.assertEqual(self.problems("tcp:6001", "tcp6:6003:interface=\\:\\:1"), [])

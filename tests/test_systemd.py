@@ -85,6 +85,8 @@ class SystemdStatusTests(unittest.TestCase):
         state = {"serving": False, "text": "Not serving: starting"}
         status = SystemdStatus(notifier, clock, lambda: (state["serving"], state["text"]))
         status.startService()
+        self.assertEqual(listener.messages(), [], "nothing until the reactor runs")
+        clock.advance(0)
         self.assertEqual(listener.messages(), ["STATUS=Not serving: starting"])
         state.update(serving=True, text="Serving 0 connections")
         clock.advance(systemd.STATUS_INTERVAL)
