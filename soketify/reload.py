@@ -113,12 +113,11 @@ class Reloader(service.Service):
         self._reactor = reactor
         self._problems = problems
         self._systemd = systemd
-        self._previous = None
         self.reloading = None  # the Deferred of a reload under way
 
     def startService(self):
         super().startService()
-        self._previous = signal.signal(signal.SIGHUP, self._signalled)
+        signal.signal(signal.SIGHUP, self._signalled)
 
     def stopService(self):
         # A SIGHUP while stopping must not kill the process (the default action) or reload it.

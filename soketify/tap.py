@@ -299,14 +299,12 @@ def listen_problems(config: Config) -> list[str]:
     for description in config.server.listen:
         try:
             serverFromString(None, description)  # parsing needs no reactor
-        except (IndexError, KeyError) as e:
-            if not description.lower().startswith("systemd:"):
-                raise
-            problems.append(f"{config.source}: server.listen: {description!r}: systemd passed no "
-                            f"such socket ({type(e).__name__}: {e}); enable and start the socket "
-                            "unit (soketify.socket), or listen on tcp:")
         except Exception as e:
-            problems.append(f"{config.source}: server.listen: {description!r}: {e}")
+            why = f"{type(e).__name__}: {e}" if isinstance(e, LookupError) else str(e)
+            if description.lower().startswith("systemd:") and isinstance(e, LookupError):
+                why = (f"systemd passed no such socket ({why}); enable and start the socket unit "
+                       "(soketify.socket), or listen on tcp:")
+            problems.append(f"{config.source}: server.listen: {description!r}: {why}")
     return problems
 
 
