@@ -97,11 +97,6 @@ class SupervisorService(service.Service):
                                  treq_post(self.reactor), counts=self.metrics)
         return True
 
-    def _open_outbox(self) -> None:
-        opened = self.outbox.open()
-        opened.addCallback(lambda _: self.webhooks.resume())
-        opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
-
     def apply(self, config) -> Deferred:
         """Serve ``config`` from now on (a reload): the state and outbox here, then every worker,
         which applies it as a single process would. Fires once every worker has."""
@@ -109,7 +104,7 @@ class SupervisorService(service.Service):
         self.config = config
         if self._make_webhooks(config):
             self.host.webhooks = self.webhooks
-            self._open_outbox()
+            self.webhooks.start()
         elif self.outbox is not None:
             self.webhooks.reconfigure(config.apps, config.webhooks)
         return self.host.reconfigure(config.apps, config.limits, config.webhooks.grace,
@@ -123,7 +118,7 @@ class SupervisorService(service.Service):
             self.reactor.callWhenRunning(self.fail)
             return
         if self.outbox is not None:
-            self._open_outbox()
+            self.webhooks.start()
         self.host.start()
         self._started = True
         log.info("Starting {count} workers (engine {engine}) on {listen}", count=self.wanted,

@@ -149,11 +149,6 @@ class SoketifyService(service.MultiService):
                                  self._webhook_post or treq_post(self.reactor),
                                  counts=self.metrics)
 
-    def _open_outbox(self) -> None:
-        opened = self.outbox.open()
-        opened.addCallback(lambda _: self.webhooks.resume())
-        opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
-
     def apply(self, config: Config) -> None:
         """Serve ``config`` from now on, keeping every connection (a reload; the restart-only
         settings in it are the running ones, see soketify.reload)."""
@@ -174,7 +169,7 @@ class SoketifyService(service.MultiService):
             if self.webhooks is not None:
                 self.hub.webhooks = self.webhooks
                 if self.outbox is not None:
-                    self._open_outbox()
+                    self.webhooks.start()
         self.hub.apps.update(config.apps)
         self.hub.reconfigure(limits)
         self.sessions.reconfigure(limits)
@@ -195,7 +190,7 @@ class SoketifyService(service.MultiService):
         self.cluster.startService()
         super().startService()
         if self.outbox is not None:  # a worker of the amp engine forwards webhooks instead
-            self._open_outbox()
+            self.webhooks.start()
         self.activity.start()
         self.ready = True
         log.info("Soketify listening on {listen}", listen=", ".join(self.config.server.listen))

@@ -274,6 +274,12 @@ class Webhooks:
         self._last_store.addBoth(fire)
         return done
 
+    def start(self) -> Deferred:
+        """Open the outbox, then queue what a previous run left in it."""
+        opened = self._outbox.open()
+        opened.addCallback(lambda _: self.resume())
+        return opened.addErrback(lambda f: log.failure("The webhook outbox could not be opened", f))
+
     def resume(self) -> Deferred:
         """Queue what a previous run left in the outbox; events of removed targets are dropped."""
         def queue(rows):
