@@ -75,8 +75,9 @@ def start_soketify(reactor, port):
                 '[[apps]]\nid = "app-id"\nkey = "app-key"\nsecret = "app-secret"\n')
     options = Options()
     options.parseOptions(["--config", conf])
-    service = makeService(options, reactor)
-    service.startService()
+    root = makeService(options, reactor)
+    root.startService()
+    service = root.getServiceNamed("soketify")
     target = {"kind": "pusher", "port": port, "app_id": "app-id", "key": "app-key",
               "secret": "app-secret"}
     return target, lambda: next(iter(service.hub.connections), None)

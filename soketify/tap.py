@@ -347,6 +347,7 @@ def makeService(options, reactor=None, environ=None) -> service.IService:
         main = SoketifyService(config, reactor)
     # Stopped in the reverse order: SIGHUP is ignored first, then STOPPING=1 goes out.
     root = service.MultiService()
+    main.setName("soketify")
     main.setServiceParent(root)
     status = systemd_status(reactor, main.systemd_status, environ)
     if status is not None:
