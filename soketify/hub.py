@@ -90,6 +90,9 @@ class Hub:
             elif not app.enabled:
                 refusal = protocol.APP_DISABLED, "App is disabled"
             else:
+                if app.authorized_connections and not connection.app.authorized_connections:
+                    # Its deadline to authorize counts from now, not from the class default.
+                    connection.connected_at = self.clock.seconds()
                 connection.app = app
                 continue
             connection.send(protocol.error(*refusal))

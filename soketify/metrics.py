@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, UnknownMetricFamily
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                    Metric, UnknownMetricFamily)
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -56,6 +60,32 @@ class _HubCollector:
             yield family
 
 
+class Timings:
+    """A histogram for the hot path: observed by the reactor thread alone, so counted without the
+    locks of prometheus_client's Histogram (about 0.8 us an observation, five times this), and
+    rendered when scraped."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]):
+        self._name = name
+        self._documentation = documentation
+        self._bounds = buckets
+        self._counts = [0] * (len(buckets) + 1)  # the last: above every bound
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect_left(self._bounds, seconds)] += 1  # le: bound >= seconds
+        self._sum += seconds
+
+    def collect(self):
+        family = HistogramMetricFamily(self._name, self._documentation)
+        buckets, total = [], 0
+        for bound, count in zip(self._bounds + (float("inf"),), self._counts):
+            total += count
+            buckets.append((floatToGoString(bound), total))
+        family.add_metric([], buckets, self._sum)
+        yield family
+
+
 class Metrics:
     def __init__(self, host_metrics=None, prefix: str = "soketify_"):
         """``host_metrics()``: Deferred of the whole host's text, when this process is one of
@@ -83,12 +113,12 @@ class Metrics:
             "From a webhook event's queueing to its target's 2xx", ["app_id"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=self.registry)
         # Observed once per event delivered here, not per subscriber.
-        self.publish_to_write = Histogram(
+        self.publish_to_write = Timings(
             prefix + "publish_to_write_seconds",
             "From an event reaching this node's hub (a REST trigger or client event accepted here, "
             "or one relayed by the cluster engine) to its frame written to every subscriber here",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                     0.5, 1), registry=self.registry)
+            (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+        self.registry.register(self.publish_to_write)
         self.cluster_round_trip = Histogram(
             prefix + "cluster_round_trip_seconds",
             "Calls to the cluster engine answered: Redis scripts and queries, or the supervisor's "
@@ -141,8 +171,9 @@ class _Families:
 
 def add_up(texts: list[tuple[str, str]]) -> bytes:
     """The Prometheus text of several processes (``(process name, text)`` pairs) as one. Gauges
-    (connections) are added up; counters keep one series per process (a ``process`` label), since a
-    restarted worker starts its counters again from zero and a sum would seem to go backwards.
+    (connections) are added up; counters and histograms keep one series per process (a ``process``
+    label), since a restarted worker starts them again from zero and a sum would seem to go
+    backwards.
     Creation times are left out."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple, float]] = {}
@@ -157,7 +188,7 @@ def add_up(texts: list[tuple[str, str]]) -> bytes:
                 values[family.name] = {}
             for sample in family.samples:
                 labels = dict(sample.labels)
-                if family.type == "counter":
+                if family.type in ("counter", "histogram"):
                     labels["process"] = process
                 key = (sample.name, tuple(sorted(labels.items())))
                 values[family.name][key] = values[family.name].get(key, 0) + sample.value

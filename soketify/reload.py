@@ -78,14 +78,16 @@ def keep_running_settings(running: Config, new: Config) -> Config:
     return parse(document, new.source)
 
 
-def read_again(running: Config, problems) -> Config:
-    """The config file ``running`` came from, read again and checked as at start-up
-    (``problems(config)``: what else is wrong with it). Raises ConfigError."""
+def read_again(running: Config, problems) -> tuple[Config, Config]:
+    """The config file ``running`` came from, read again: (the file's config, the one to apply:
+    with the running restart-only settings), the latter checked as at start-up (``problems(config)``:
+    what else is wrong with it). Raises ConfigError."""
     new = load(running.source)
-    found = problems(new)
+    effective = keep_running_settings(running, new)
+    found = problems(effective)
     if found:
         raise ConfigError(found)
-    return new
+    return new, effective
 
 
 def app_changes(running: Config, new: Config) -> str:
@@ -114,6 +116,7 @@ class Reloader(service.Service):
         self._problems = problems
         self._systemd = systemd
         self.reloading = None  # the Deferred of a reload under way
+        self._again = False  # a SIGHUP came during it: read the file once more when it is done
 
     def startService(self):
         super().startService()
@@ -131,7 +134,8 @@ class Reloader(service.Service):
     def reload(self):
         """Read the file again and apply it; a Deferred that fires when done (never fails)."""
         if self.reloading is not None:
-            log.warn("A reload is already under way; this SIGHUP is ignored")
+            log.info("A reload is under way; the file is read again once it is done")
+            self._again = True
             return self.reloading
         running = self._target.config
         if running.is_development_default:
@@ -142,7 +146,7 @@ class Reloader(service.Service):
             self._systemd.reloading(f"Reloading {running.source}")
         log.info("SIGHUP: reading {source} again", source=running.source)
         try:
-            new = read_again(running, self._problems)
+            new, effective = read_again(running, self._problems)
         except ConfigError as e:
             for problem in e.problems:
                 log.error("{problem}", problem=problem)
@@ -155,7 +159,6 @@ class Reloader(service.Service):
         if restart:
             log.warn("Changed settings that need a restart, kept as they were until then: {names}",
                      names=", ".join(restart))
-        effective = keep_running_settings(running, new)
         summary = app_changes(running, effective)
         self.reloading = maybeDeferred(self._target.apply, effective)
 
@@ -171,3 +174,6 @@ class Reloader(service.Service):
         self.reloading = None
         if self._systemd is not None:
             self._systemd.reloaded()
+        if self._again:
+            self._again = False
+            self._reactor.callLater(0, self.reload)

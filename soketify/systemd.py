@@ -85,7 +85,8 @@ class SystemdStatus(service.Service):
             self._notifier.send(f"STATUS={text}")
 
     def reloading(self, text: str) -> None:
-        """A reload (SIGHUP) begins: systemctl reload waits for the READY=1 that ``reloaded`` sends."""
+        """A reload (SIGHUP) begins. (``systemctl reload`` returns once ExecReload has sent the
+        signal: systemd 252 has no Type=notify-reload. This shows the reload in systemctl status.)"""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self._notifier.send("RELOADING=1", f"MONOTONIC_USEC={usec}", f"STATUS={text}")
         self._last_text = text
@@ -93,7 +94,10 @@ class SystemdStatus(service.Service):
     def reloaded(self) -> None:
         serving, text = self._status()
         self._last_text = text
-        self._notifier.send("READY=1", f"STATUS={text}")
+        if self._ready_sent:
+            self._notifier.send("READY=1", f"STATUS={text}")
+        else:  # reloaded while still starting: READY=1 waits until it serves
+            self._notifier.send(f"STATUS={text}")
 
     def stopService(self):
         if self._starting is not None and self._starting.active():

@@ -161,7 +161,6 @@ class SoketifyService(service.MultiService):
                           "connections keep the previous ones", listen=tls.description, why=e)
         logs.configure(config.log.format, config.log.level)
         self.config = config
-        self.cluster.reconfigure(config.apps, limits, config.webhooks.grace)
         if self.webhooks is not None:
             self.webhooks.reconfigure(config.apps, config.webhooks)
         else:
@@ -170,6 +169,8 @@ class SoketifyService(service.MultiService):
                 self.hub.webhooks = self.webhooks
                 if self.outbox is not None:
                     self.webhooks.start()
+        # After the webhooks: the Redis engine stores which events each app's webhooks want.
+        self.cluster.reconfigure(config.apps, limits, config.webhooks.grace)
         self.hub.apps.update(config.apps)
         self.hub.reconfigure(limits)
         self.sessions.reconfigure(limits)

@@ -85,6 +85,7 @@ class Target:
         self._retry_call = None
         self._in_flight: list[_Pending] | None = None
         self._stopped = False
+        self.removed = False  # by a reload: nothing more is sent, retried or counted
 
     def wants(self, event: dict) -> bool:
         webhook = self.webhook
@@ -128,6 +129,8 @@ class Target:
                           errbackArgs=(batch, first_attempt_at, attempt))
 
     def _answered(self, status: int, batch, first_attempt_at, attempt) -> None:
+        if self.removed:
+            return
         if 200 <= status < 300:
             now = self._clock.seconds()
             self._counts.webhook_delivered(self.app.id, [now - p.queued_at for p in batch])
@@ -136,6 +139,8 @@ class Target:
             self._retry(batch, first_attempt_at, attempt, f"HTTP {status}")
 
     def _failed_with(self, failure, batch, first_attempt_at, attempt) -> None:
+        if self.removed:
+            return
         self._retry(batch, first_attempt_at, attempt, failure.getErrorMessage() or
                     failure.type.__name__)
 
@@ -165,7 +170,9 @@ class Target:
             self._flush_call = self._clock.callLater(0, self._flush)
 
     def stop_for_good(self) -> list[int]:
-        """Stop sending (the target was removed); the outbox ids of every event still waiting."""
+        """Stop sending (the target was removed); the outbox ids of every event still waiting.
+        The answer to a batch in flight is then ignored."""
+        self.removed = True
         self.stop()
         waiting = self._ready + (self._in_flight or [])
         self._ready = []
@@ -220,6 +227,9 @@ class Webhooks:
                     target.app, target.webhook, target.settings = app, webhook, settings
                 targets.append(target)
                 self._all[target.key] = target
+        if previous:
+            # Events of this turn not yet stored for a removed target are not stored at all.
+            self._unstored = [(t, text) for t, text in self._unstored if t.key in self._all]
         for target in previous.values():
             waiting = target.stop_for_good()
             if waiting:
@@ -252,6 +262,9 @@ class Webhooks:
             for (target, text), outbox_id in zip(rows, ids):
                 by_target.setdefault(target, []).append((outbox_id, text))
             for target, stored in by_target.items():
+                if self._all.get(target.key) is not target:  # removed by a reload meanwhile
+                    self._outbox.remove([i for i, _ in stored])
+                    continue
                 self._counts.webhook_queued(target.app.id, len(stored))
                 target.restore(stored)
 

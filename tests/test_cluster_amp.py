@@ -196,6 +196,27 @@ class AmpWorkerTests(AmpNodes, unittest.TestCase):
         late.supervision.link.transport.loseConnection()
 
 
+class AmpReloadTests(AmpNodes, unittest.TestCase):
+    def test_max_connections_added_by_a_reload_counts_what_is_open(self):
+        """An app gets max_connections = 3 while 2 of its connections are open on a worker: one
+        more is admitted, not three; closing them never counts below zero."""
+        return ensureDeferred(self._max_connections_added())
+
+    async def _max_connections_added(self):
+        (a,) = await self._start_nodes(1)
+        free = replace(OTHER_APP, max_connections=0)
+        self.assertEqual([a.cluster.admit_connection(free) for _ in range(2)], [True, True])
+        limited = replace(OTHER_APP, max_connections=3)
+        a.cluster.reconfigure([APP, limited], LimitsConfig(), GRACE)
+        await self.settle([a])
+        self.assertEqual([a.cluster.admit_connection(limited) for _ in range(2)], [True, False])
+        for _ in range(3):
+            a.cluster.connection_closed(limited.id)
+        await self.settle([a])
+        self.assertEqual(a.cluster._connections[limited.id], 0)
+        self.assertEqual(self.host._connections(limited.id), 0)
+
+
 class _Bare:
     """Just a link, as a worker process has before it builds its engine."""
 

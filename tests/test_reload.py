@@ -128,6 +128,17 @@ class AppChangeTests(unittest.TestCase):
         client.send("client-hello", {"x": 1}, channel="private-room")
         self.assertEqual(client.next_event()["event"], "pusher:error")
 
+    def test_authorized_connections_turned_on_gives_open_connections_the_whole_timeout(self):
+        rig = ReloadRig(self, toml([A]))
+        client = rig.connect("/app/a-key?protocol=7")
+        rig.advance(100)
+        rig.reload(toml([dict(A, authorized_connections=True, authorization_timeout=30)]))
+        rig.advance(25)
+        client.events()
+        self.assertIsNone(client.close_code)
+        rig.advance(10)
+        self.assertEqual(closed_with(client), (protocol.UNAUTHORIZED, protocol.UNAUTHORIZED))
+
     def test_limits_and_server_limits_apply_at_once(self):
         rig = ReloadRig(self, toml([A]))
         self.assertEqual(rig.trigger(A, channel="c" * 150).status, 200)
@@ -216,6 +227,24 @@ class WebhookReloadTests(unittest.TestCase):
         settle(rig)
         self.assertEqual(receiver.events(), [{"name": "channel_occupied", "channel": "news"}])
 
+    def test_a_target_removed_while_its_batch_is_in_flight_is_forgotten(self):
+        """Its answer (a failure here) is neither retried nor counted, and nothing of it stays in
+        the outbox."""
+        hooks = Raw('[[apps.webhooks]]\nurl = "http://hooks.test/a"\nevent_types = ["channel_occupied"]')
+        rig, receiver = self.rig(toml([dict(A, hooks=hooks)]))
+        receiver.hold = True
+        rig.connect("/app/a-key?protocol=7").subscribe("news")
+        settle(rig)
+        self.assertEqual(len(receiver.pending), 1)
+        rig.reload(toml([A]))
+        receiver.pending[0].callback(500)
+        rig.advance(40)
+        self.assertEqual(len(receiver.requests), 1)
+        self.assertEqual(rig.service.outbox._pending(), [])
+        metrics = rig.http("GET", "/metrics").body.decode()
+        self.assertNotIn("soketify_webhook_events_failed_total{", metrics)
+        self.assertNotIn("soketify_webhook_events_dropped_total{", metrics)
+
     def test_a_rotated_secret_signs_webhooks_and_a_removed_target_stops(self):
         hooks = Raw('[[apps.webhooks]]\nurl = "http://hooks.test/a"\nevent_types = ["channel_occupied"]\n'
                  '[[apps.webhooks]]\nurl = "http://hooks.test/b"\nevent_types = ["channel_occupied"]')
@@ -246,6 +275,9 @@ class LogAndSystemdTests(unittest.TestCase):
         notifier = Notifier(listener.address)
         self.addCleanup(notifier.close)
         status = SystemdStatus(notifier, rig.reactor, rig.service.systemd_status)
+        status.startService()
+        rig.advance(0.1)
+        self.assertTrue(listener.messages()[0].startswith("READY=1"))
         rig.reloader = Reloader(rig.service, rig.reactor, tap.config_problems, status)
         rig.reload(toml([A, B]))
         reloading, ready = listener.messages()
@@ -256,3 +288,52 @@ class LogAndSystemdTests(unittest.TestCase):
         # A refused reload is announced the same way (systemctl reload does not hang).
         rig.reload("[[apps]\n")
         self.assertEqual([m.splitlines()[0] for m in listener.messages()], ["RELOADING=1", "READY=1"])
+
+
+class SlowApply:
+    """A target whose apply takes a while, as a supervisor waiting for its workers."""
+
+    def __init__(self, config):
+        self.config = config
+        self.applied = []
+        self.pending = []
+
+    def apply(self, config):
+        from twisted.internet.defer import Deferred
+        self.applied.append(config)
+        self.config = config
+        self.pending.append(Deferred())
+        return self.pending[-1]
+
+
+class ReloadFlowTests(unittest.TestCase):
+    def test_a_sighup_during_a_reload_reads_the_file_again_after_it(self):
+        from twisted.internet.task import Clock
+        path = os.path.join(tempfile.mkdtemp(), "soketify.toml")
+        with open(path, "w") as f:
+            f.write(toml([A]))
+        target = SlowApply(load(path))
+        clock = Clock()
+        reloader = Reloader(target, clock, lambda config: [])
+        with open(path, "w") as f:
+            f.write(toml([A, B]))
+        reloader.reload()
+        with open(path, "w") as f:
+            f.write(toml([A, B, C]))
+        reloader.reload()  # while the first waits for its workers
+        self.assertEqual(len(target.applied), 1)
+        target.pending[0].callback(None)
+        clock.advance(0)
+        self.assertEqual([app.id for app in target.applied[-1].apps], ["a", "b", "c"])
+
+    def test_a_reload_before_serving_does_not_say_ready(self):
+        listener = Listener(self)
+        from soketify.systemd import Notifier
+        notifier = Notifier(listener.address)
+        self.addCleanup(notifier.close)
+        from twisted.internet.task import Clock
+        status = SystemdStatus(notifier, Clock(), lambda: (False, "Not serving: starting"))
+        status.reloading("Reloading x")
+        status.reloaded()
+        messages = listener.messages()
+        self.assertEqual([m.splitlines()[0] for m in messages], ["RELOADING=1", "STATUS=Not serving: starting"])

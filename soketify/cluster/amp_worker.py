@@ -189,8 +189,10 @@ class AmpCluster(service.Service):
         self.supervision = supervision
         supervision.engine = self
         self._listener = None
+        # Open connections of every app here (so that a reload adding max_connections starts
+        # from the truth); only apps with max_connections report theirs to the supervisor.
         self._counted = {app.id for app in apps if app.max_connections}
-        self._connections = {app_id: 0 for app_id in self._counted}
+        self._connections: dict[str, int] = {}
 
     @property
     def ready(self) -> bool:
@@ -214,10 +216,13 @@ class AmpCluster(service.Service):
         self.supervision.round_trip = observe
 
     def reconfigure(self, apps, limits, grace: float) -> None:
-        """A reload: the supervisor holds the limits and grace; apps with max_connections count."""
-        self._counted = {app.id for app in apps if app.max_connections}
-        for app_id in self._counted:
-            self._connections.setdefault(app_id, 0)
+        """A reload: the supervisor holds the limits and grace; apps with max_connections count,
+        and an app that just got one reports how many it has open here."""
+        counted = {app.id for app in apps if app.max_connections}
+        for app_id in counted - self._counted:
+            self._counted.add(app_id)
+            self._connections_changed(app_id, self._connections.get(app_id, 0))
+        self._counted = counted
 
     def draining(self) -> None:
         """Workers stop together with their host: clients leave one by one, as they close."""
@@ -242,21 +247,19 @@ class AmpCluster(service.Service):
     # -- connections ---------------------------------------------------------------------------
 
     def admit_connection(self, app) -> bool:
-        if app.id not in self._counted:
-            return True
-        here = self._connections[app.id]
-        if here + self.supervision.elsewhere.get(app.id, 0) >= app.max_connections:
+        here = self._connections.get(app.id, 0)
+        if app.id in self._counted and (
+                here + self.supervision.elsewhere.get(app.id, 0) >= app.max_connections):
             return False
         self._connections_changed(app.id, here + 1)
         return True
 
     def connection_closed(self, app_id: str) -> None:
-        if app_id in self._counted:
-            self._connections_changed(app_id, self._connections[app_id] - 1)
+        self._connections_changed(app_id, self._connections[app_id] - 1)
 
     def _connections_changed(self, app_id: str, count: int) -> None:
         self._connections[app_id] = count
-        if self.supervision.registered:
+        if app_id in self._counted and self.supervision.registered:
             self.supervision.call(cmd.Connections, app_id=app_id, count=count)
 
     # -- channels ------------------------------------------------------------------------------

@@ -30,11 +30,12 @@ import {
   uniqueName,
   watchPusherJs,
 } from './helpers.mjs';
+import { WebhookReceiver, isHook } from './webhook_helpers.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const FIRST = appConfig({ id: 'first', key: 'first-key', secret: 'first-secret' });
-const DOOMED = appConfig({ id: 'doomed', key: 'doomed-key', secret: 'doomed-secret' });
-const ADDED = appConfig({ id: 'added', key: 'added-key', secret: 'added-secret' });
+const FIRST = appConfig({ id: '1001', key: 'first-key', secret: 'first-secret' });
+const DOOMED = appConfig({ id: '1002', key: 'doomed-key', secret: 'doomed-secret' });
+const ADDED = appConfig({ id: '1003', key: 'added-key', secret: 'added-secret' });
 
 /** The SHA-256 fingerprint of the certificate a new TLS handshake on `port` gets. */
 function certificateOf(port) {
@@ -77,7 +78,7 @@ for (const workers of [1, 2]) {
 
       const rotated = { ...FIRST, secret: 'first-rotated' };
       const line = await daemon.reload({ apps: [rotated, ADDED] });
-      assert.match(line, /Reloaded .*1 added \(added\), 1 removed \(doomed\)/);
+      assert.match(line, /Reloaded .*1 added \(1003\), 1 removed \(1002\)/);
 
       // The removed app's client is told why, and pusher-js does not come back.
       await doomedWatch.errors.waitFor((e) => pusherJsErrorCode(e) === 4001, { what: 'pusher-js error 4001' });
@@ -142,10 +143,12 @@ for (const workers of [1, 2]) {
 
 describe('SIGHUP reload on two nodes of a Redis cluster (each reloads its own file)', () => {
   let redis;
+  let receiver;
   let nodes = [];
   const clients = [];
 
   before(async () => {
+    receiver = await WebhookReceiver.start({ app: ADDED });
     redis = await RedisServer.start();
     nodes = await startNodes(2, { apps: [FIRST], cluster: redisCluster(redis, { prefix: uniqueName('reload') }) });
   });
@@ -154,13 +157,16 @@ describe('SIGHUP reload on two nodes of a Redis cluster (each reloads its own fi
     for (const c of clients) disconnectPusherJs(c);
     await stopNodes(nodes);
     if (redis) await redis.stop();
+    if (receiver) await receiver.stop();
   });
 
   it('an app added on both nodes spans the cluster: events and presence members cross nodes', async () => {
     const kept = await connectPusherJs(nodes[0], { key: FIRST.key });
     clients.push(kept);
     const socketId = kept.connection.socket_id;
-    for (const node of nodes) assert.match(await node.reload({ apps: [FIRST, ADDED] }), /Reloaded .*1 added/);
+    // The new app comes with a webhook: the Redis scripts must learn that it wants channel_occupied.
+    const hooked = { ...ADDED, webhooks: [{ url: receiver.url('/hooks'), event_types: ['channel_occupied'] }] };
+    for (const node of nodes) assert.match(await node.reload({ apps: [FIRST, hooked] }), /Reloaded .*1 added/);
     const name = uniqueName('presence-added');
     const members = [];
     for (const [i, node] of nodes.entries()) {
@@ -175,5 +181,6 @@ describe('SIGHUP reload on two nodes of a Redis cluster (each reloads its own fi
     await nodes[1].sdk(ADDED).trigger(name, 'across', { ok: true });
     for (const { inbox } of members) await inbox.waitFor((e) => e.event === 'across');
     assert.equal(kept.connection.socket_id, socketId);
+    await receiver.waitEvent('/hooks', isHook('channel_occupied', name), { what: 'channel_occupied of the new app' });
   });
 });
