@@ -22,6 +22,7 @@ from soketify import protocol
 from soketify.apps import AppRegistry
 from soketify.channels import AppChannels
 from soketify.cluster.interfaces import IClusterListener, Joined
+from soketify.console_feed import ConsoleFeed
 from soketify.config import AppConfig, LimitsConfig
 from soketify.subscription_counts import SubscriptionCountAnnouncer
 from soketify.traffic import AppTraffic
@@ -41,10 +42,12 @@ def write_frame_to_each(subscribers: dict, frame: bytes, except_socket_id: str |
 @implementer(IClusterListener)
 class Hub:
     def __init__(self, apps: AppRegistry, cluster, frame: Callable[[bytes], bytes],
-                 limits: LimitsConfig, clock, webhooks=None, write_each=None, on_refusal=None):
+                 limits: LimitsConfig, clock, webhooks=None, write_each=None, on_refusal=None,
+                 feed: ConsoleFeed | None = None):
         """``write_each(subscribers, frame, except_socket_id)`` writes one frame to a channel's
         subscribers (socket id -> connection); by default ``write_frame`` on each.
-        ``on_refusal(app_id, limit)`` counts a request or frame refused over an app limit."""
+        ``on_refusal(app_id, limit)`` counts a request or frame refused over an app limit.
+        ``feed``: the debug console's entries (soketify.console_feed), built only while watched."""
         self.apps = apps
         self.limits = limits
         self.clock = clock
@@ -66,6 +69,7 @@ class Hub:
         self.users = Users()
         # Webhooks: `emit(app_id, event)` and `wants(app_id, event_name)`; none by default.
         self.webhooks = webhooks if webhooks is not None else NoWebhooks()
+        self.feed = feed if feed is not None else ConsoleFeed(clock, "node")
         # Told how long each event took from reaching deliver() to written to every subscriber.
         self.delivered_in: Callable[[float], None] = lambda seconds: None
         cluster.attach(self)
@@ -119,6 +123,9 @@ class Hub:
         self._connection_counts[connection.app.id] += 1
         self.traffic[connection.app.id].new_connections += 1
         self.connections.add(connection)
+        if self.feed.watching:
+            self.feed.add(connection.app.id, "connection_opened", socket_id=connection.socket_id,
+                          address=connection.remote_address)
 
     def disconnect(self, connection) -> None:
         """Forget a closed connection: leave its channels, sign it out, free its quota place."""
@@ -127,6 +134,10 @@ class Hub:
         connection.closed = True
         self.connections.discard(connection)
         app = connection.app
+        if self.feed.watching:
+            self.feed.add(app.id, "connection_closed", socket_id=connection.socket_id,
+                          user_id=connection.user_id, code=connection.close_code,
+                          reason=connection.close_reason)
         self._connection_counts[app.id] -= 1
         self.traffic[app.id].disconnections += 1
         self.cluster.connection_closed(app.id)
@@ -179,6 +190,11 @@ class Hub:
                 self.cluster.leave(connection.app, name, connection.socket_id, user_id)
             else:
                 self._channels[connection.app.id].add(connection, name, user_id)
+                if self.feed.watching:
+                    self.feed.add(connection.app.id, "subscribed", channel=name,
+                                  socket_id=connection.socket_id, user_id=user_id)
+                    if result.new and result.subscription_count == 1:
+                        self.feed.add(connection.app.id, "channel_occupied", channel=name)
         return result
 
     def subscribed(self, connection, name: str, joined: Joined) -> None:
@@ -192,9 +208,17 @@ class Hub:
             self._leave(connection.app, name, connection.socket_id, user_id)
 
     def _leave(self, app: AppConfig, name: str, socket_id: str, user_id: str | None) -> None:
+        if self.feed.watching:
+            self.feed.add(app.id, "unsubscribed", channel=name, socket_id=socket_id,
+                          user_id=user_id)
         left = self.cluster.leave(app, name, socket_id, user_id)
-        left.addCallback(lambda count: self._count_changed_here(app, name, count))
+        left.addCallback(self._left, app, name)
         left.addErrback(lambda f: log.failure("Counting subscribers after a leave failed", f))
+
+    def _left(self, count: int | None, app: AppConfig, name: str) -> None:
+        if count == 0 and self.feed.watching:
+            self.feed.add(app.id, "channel_vacated", channel=name)
+        self._count_changed_here(app, name, count)
 
     def _count_changed_here(self, app: AppConfig, name: str, count: int | None) -> None:
         if count is None or protocol.is_presence(name):
@@ -279,16 +303,23 @@ class Hub:
         app = self.apps.by_id(app_id)
         if app is not None and app.subscription_count:
             self.deliver(app_id, name, protocol.subscription_count(name, count).encode(), None)
+            if self.feed.watching:
+                self.feed.add(app_id, "subscription_count", channel=name, count=count)
         if key in self._counts_changed_here:
             self._counts_changed_here.discard(key)
             self.webhooks.emit(app_id, {"name": "subscription_count", "channel": name,
                                         "subscription_count": count})
 
-    def refused(self, app_id: str, limit: str) -> None:
-        """Something of this app was refused over ``limit``: its [[apps]] key without "max_" and
-        "_kb" (event_payload, presence_members, backend_events_per_second...)."""
-        if self._on_refusal is not None:
+    def refused(self, app_id: str, limit: str | None, reason: str = "",
+                socket_id: str | None = None, code: int | None = None) -> None:
+        """Something of this app was refused: over ``limit`` (its [[apps]] key without "max_" and
+        "_kb": event_payload, presence_members, backend_events_per_second...), counted in
+        /metrics; or for another ``reason`` (a bad signature, an invalid channel name)."""
+        if limit is not None and self._on_refusal is not None:
             self._on_refusal(app_id, limit)
+        if self.feed.watching:
+            self.feed.add(app_id, "refused", reason=reason, limit=limit, socket_id=socket_id,
+                          code=code)
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -296,6 +327,10 @@ class Hub:
                 except_socket_id: str | None = None) -> None:
         """A server-triggered event: encoded once per channel, then sent cluster-wide."""
         app = self.apps.by_id(app_id)
+        if self.feed.watching:
+            channels = list(channels)
+            self.feed.add(app_id, "api_message", channels=channels, event=name, data=data,
+                          socket_id=except_socket_id)
         for channel in channels:
             text = protocol.event(name, channel, data)
             cached = (name, data) if protocol.is_cache(channel) else None
@@ -307,6 +342,9 @@ class Hub:
         user_id = self._channels[app.id].user_of(channel, connection.socket_id)
         self.cluster.publish(app, channel, protocol.event(name, channel, data, user_id),
                              connection.socket_id)
+        if self.feed.watching:
+            self.feed.add(app.id, "client_event", channel=channel, event=name, data=data,
+                          socket_id=connection.socket_id, user_id=user_id)
         if self.webhooks.wants(app.id, "client_event"):
             event = {"name": "client_event", "channel": channel, "event": name,
                      "data": data if isinstance(data, str) else json.dumps(data, separators=(",", ":")),
@@ -338,6 +376,9 @@ class Hub:
         return self.webhooks.wants(app_id, name)
 
     def emit_webhook(self, app_id: str, event: dict) -> None:
+        if self.feed.watching and event["name"] in ("member_added", "member_removed", "cache_miss"):
+            self.feed.add(app_id, event["name"], channel=event["channel"],
+                          user_id=event.get("user_id"))
         self.webhooks.emit(app_id, event)
 
     def webhooks_stored(self) -> Deferred:

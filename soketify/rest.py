@@ -34,10 +34,12 @@ CLUSTER_UNAVAILABLE = "The server cannot reach its cluster; try again"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, counted: bool = False):
+        """``counted``: already reported as a refusal (over a limit)."""
         super().__init__(message)
         self.status = status
         self.message = message
+        self.counted = counted
 
 
 def _dumps(body) -> bytes:
@@ -228,7 +230,7 @@ class RestApi:
             api = self._authenticate_parts(app_id, method, path, query, body, body_too_large)
             answer = (self._publish_event if endpoint == b"events" else self._publish_batch)(api)
         except Exception:
-            return self.error_answer(Failure())
+            return self.error_answer(Failure(), app_id)
         if isinstance(answer, Deferred):
             return answer.addErrback(self.error_answer)
         return answer
@@ -252,9 +254,11 @@ class RestApi:
             self.count_http(match.group(1).decode("utf-8", "replace"), received,
                             request.sentLength)
 
-    def error_answer(self, failure) -> Answer:
+    def error_answer(self, failure, app_id: str | None = None) -> Answer:
         error = failure.value
         if isinstance(error, ApiError):
+            if app_id is not None and not error.counted and self.hub.feed.watching:
+                self.hub.refused(app_id, None, error.message, code=error.status)
             return error.status, _dumps({"error": error.message})
         if isinstance(error, ClusterUnavailable):
             return 503, _dumps({"error": CLUSTER_UNAVAILABLE})
@@ -303,7 +307,9 @@ class RestApi:
     @app.handle_errors(Exception)
     def api_error(self, request, failure):
         """ApiError, ClusterUnavailable and anything unexpected (logged, 500)."""
-        return _answer(request, *self.error_answer(failure))
+        match = APP_PATH.match(request.path)
+        app_id = match.group(1).decode("utf-8", "replace") if match is not None else None
+        return _answer(request, *self.error_answer(failure, app_id))
 
     # -- authentication ------------------------------------------------------------------------
 
@@ -330,8 +336,8 @@ class RestApi:
 
     def _over(self, app: AppConfig, limit: str, status: int, message: str) -> ApiError:
         """The error for a call refused over one of the app's limits, counted in /metrics."""
-        self.hub.refused(app.id, limit)
-        return ApiError(status, message)
+        self.hub.refused(app.id, limit, message, code=status)
+        return ApiError(status, message, counted=True)
 
     def _within_rate(self, app: AppConfig, limit: str, count: int, what: str) -> None:
         """Count ``count`` calls against the app's per-second ``limit`` on this node (fixed

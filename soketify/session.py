@@ -39,6 +39,10 @@ class Sessions:
             protocol.SIGNIN: self._on_signin,
         }
 
+    def _refuse_and_close(self, connection, code: int, why: str) -> None:
+        self.hub.refused(connection.app.id, None, why, connection.socket_id, code)
+        refuse_and_close(connection, code, why)
+
     def reconfigure(self, limits) -> None:
         """A reload's [limits], from the next frame on."""
         self.limits = limits
@@ -56,7 +60,7 @@ class Sessions:
         else:
             # Over capacity: pusher-js backs off before reconnecting.
             connection.backlog = deque()
-            refuse_and_close(connection, protocol.OVER_CAPACITY,
+            self._refuse_and_close(connection, protocol.OVER_CAPACITY,
                              f"More than {MAX_BACKLOG} frames waiting; slow down")
 
     def _handle(self, connection, message) -> None:
@@ -127,14 +131,16 @@ class Sessions:
         app = connection.app
         problem = protocol.channel_name_problem(name, app.limits.max_channel_name_length)
         if problem is not None:
-            if len(name) > app.limits.max_channel_name_length:
-                self.hub.refused(app.id, "channel_name_length")
+            limit = ("channel_name_length" if len(name) > app.limits.max_channel_name_length
+                     else None)
+            self.hub.refused(app.id, limit, f"{name!r}: {problem}", connection.socket_id, 400)
             connection.send(protocol.subscription_error(name, "InvalidChannel", problem, 400))
             return None
         decision = subscriptions.authorize(app, app.limits, connection, name, message.data)
         if isinstance(decision, subscriptions.Refusal):
-            if decision.limit is not None:
-                self.hub.refused(app.id, decision.limit)
+            if decision.limit is not None or self.hub.feed.watching:
+                self.hub.refused(app.id, decision.limit, f"{name!r}: {decision.message}",
+                                 connection.socket_id, decision.status)
             connection.send(protocol.subscription_error(name, decision.kind, decision.message,
                                                         decision.status))
             return None
@@ -147,10 +153,11 @@ class Sessions:
         if connection.closed:
             return
         if isinstance(result, MemberLimitReached):
-            self.hub.refused(connection.app.id, "presence_members")
-            connection.send(protocol.subscription_error(
-                name, "LimitReached", f"Presence channel {name!r} already has {result.limit} members",
-                protocol.OVER_CAPACITY))
+            why = f"Presence channel {name!r} already has {result.limit} members"
+            self.hub.refused(connection.app.id, "presence_members", why, connection.socket_id,
+                             protocol.OVER_CAPACITY)
+            connection.send(protocol.subscription_error(name, "LimitReached", why,
+                                                        protocol.OVER_CAPACITY))
             return
         if protocol.needs_auth(name):
             connection.authorized = True
@@ -180,8 +187,9 @@ class Sessions:
                                         message.channel, message.data, self.clock.seconds())
         if refused is not None:
             why, limit = refused
-            if limit is not None:
-                self.hub.refused(connection.app.id, limit)
+            if limit is not None or self.hub.feed.watching:
+                self.hub.refused(connection.app.id, limit, why, connection.socket_id,
+                                 protocol.CLIENT_EVENT_REJECTED)
             connection.send(protocol.error(protocol.CLIENT_EVENT_REJECTED, why))
             return
         self.hub.client_event(connection, message.event, message.channel, message.data)
@@ -194,7 +202,7 @@ class Sessions:
         user_data, auth = data.get("user_data"), data.get("auth")
         if not isinstance(user_data, str) or not signing.verify_user_auth(
                 app.key, app.secret, connection.socket_id, user_data, auth):
-            return refuse_and_close(connection, protocol.UNAUTHORIZED,
+            return self._refuse_and_close(connection, protocol.UNAUTHORIZED,
                                     "Invalid signature for user_data and this socket")
         try:
             user = protocol.loads(user_data)
@@ -202,20 +210,20 @@ class Sessions:
             user = None
         user_id = user.get("id") if isinstance(user, dict) else None
         if not isinstance(user_id, str) or not user_id:
-            return refuse_and_close(connection, protocol.UNAUTHORIZED,
+            return self._refuse_and_close(connection, protocol.UNAUTHORIZED,
                                     "user_data must be a JSON object with a non-empty string id")
         if len(user_id) > self.limits.max_user_id_length:
-            return refuse_and_close(connection, protocol.UNAUTHORIZED,
+            return self._refuse_and_close(connection, protocol.UNAUTHORIZED,
                                     f"user id is longer than {self.limits.max_user_id_length}")
         if connection.user_id is not None:
             if connection.user_id != user_id:
-                return refuse_and_close(connection, protocol.UNAUTHORIZED,
+                return self._refuse_and_close(connection, protocol.UNAUTHORIZED,
                                         "This connection is already signed in as another user")
             connection.send(protocol.encode(protocol.SIGNIN_SUCCESS, {"user_data": user_data}))
             return None
         watchlist = user.get("watchlist") or []
         if not isinstance(watchlist, list) or not all(isinstance(w, str) and w for w in watchlist):
-            return refuse_and_close(connection, protocol.UNAUTHORIZED,
+            return self._refuse_and_close(connection, protocol.UNAUTHORIZED,
                                     "user_data.watchlist must be a list of user ids")
         # Sign-in still succeeds with a watchlist that is too long; the watchlist is refused.
         too_long = len(watchlist) > self.limits.max_watchlist_size
@@ -242,7 +250,7 @@ class Sessions:
     def _not_signed_in(self, failure, connection) -> None:
         failure.trap(ClusterUnavailable)
         if not connection.closed:
-            refuse_and_close(connection, protocol.RECONNECT_NOW,
+            self._refuse_and_close(connection, protocol.RECONNECT_NOW,
                              "The server cannot reach its cluster; reconnect")
 
 

@@ -50,6 +50,8 @@ class PusherServerProtocol(WebSocketServerProtocol):
     _refusal: tuple[int, str] | None = None
     _paused = False
     _unsent_while_paused = 0
+    close_code: int | None = None  # set as it closes (for the debug console)
+    close_reason: str | None = None
 
     def onConnect(self, request):
         """Decide now, answer in onOpen: pusher-js reads errors as a frame and a close code."""
@@ -152,10 +154,21 @@ class PusherServerProtocol(WebSocketServerProtocol):
             self._counted_address = None
         if self.socket_id is not None and not self.closed:
             try:
+                if self.factory.hub.feed.watching:
+                    self.close_code, self.close_reason = self._close_as_seen(code, reason)
                 self.factory.hub.disconnect(self)
             except Exception:
                 self._log.failure("Error forgetting closed connection {socket_id}",
                                   socket_id=self.socket_id)
+
+    def _close_as_seen(self, code, reason):
+        """The close code and reason of the handshake, whoever began it (Autobahn reports the
+        client's; ours are the ones we sent)."""
+        if self.localCloseCode is not None and self.closedByMe:
+            code, reason = self.localCloseCode, self.localCloseReason
+        if isinstance(reason, bytes):  # Autobahn keeps the reason it sent encoded
+            reason = reason.decode("utf-8", "replace")
+        return code, reason
 
     # -- the connection interface the hub uses ------------------------------------------------
 

@@ -1,0 +1,96 @@
+"""What the debug console shows: one entry per thing that happened on this node (a connection
+opened, a subscription, an API message, a webhook attempt, a refusal ...), handed to each attached
+viewer (a browser console or a script reading the NDJSON stream).
+
+Nobody watching costs nothing: the places that report check ``feed.watching`` (a plain attribute)
+before they build an entry, so no dict, string or timestamp is made while no viewer is attached.
+Each viewer has a bounded queue; when it cannot keep up, entries are skipped and counted, never
+waited for, so a slow viewer never slows the server.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Iterable
+
+# Entries a viewer may have waiting; past this they are skipped (and counted).
+MAX_QUEUED = 2000
+
+# Every entry type, for the console's checkboxes and the stream's documentation.
+TYPES = ("connection_opened", "connection_closed", "subscribed", "unsubscribed",
+         "channel_occupied", "channel_vacated", "member_added", "member_removed", "api_message",
+         "client_event", "subscription_count", "cache_miss", "webhook", "refused")
+
+
+class ConsoleFeed:
+    def __init__(self, clock, node: str):
+        self._clock = clock
+        self.node = node
+        self.watching = False
+        self._viewers: list[Viewer] = []
+
+    def attach(self, viewer: "Viewer") -> None:
+        self._viewers.append(viewer)
+        self.watching = True
+
+    def detach(self, viewer: "Viewer") -> None:
+        if viewer in self._viewers:
+            self._viewers.remove(viewer)
+        self.watching = bool(self._viewers)
+
+    def add(self, app_id: str, type: str, **details) -> None:
+        """One entry; callers check ``watching`` first."""
+        entry = {"time": round(self._clock.seconds(), 3), "node": self.node, "app_id": app_id,
+                 "type": type}
+        entry.update(details)
+        for viewer in self._viewers:
+            viewer.offer(entry)
+
+
+class Viewer:
+    """One attached console or stream: the apps it may see, and a bounded queue its ``flush``
+    drains. ``write(entries, skipped)`` is called on the next reactor turn after entries arrive,
+    unless ``paused`` (the reader is not reading); ``resume`` writes what waited."""
+
+    def __init__(self, clock, write: Callable[[list[dict], int], None],
+                 apps: Iterable[str] | None = None, max_queued: int = MAX_QUEUED):
+        self._clock = clock
+        self._write = write
+        self.apps = None if apps is None else frozenset(apps)
+        self._queue: deque = deque()
+        self._max_queued = max_queued
+        self.skipped = 0  # entries dropped since the last write
+        self.paused = False
+        self._flush_call = None
+
+    def offer(self, entry: dict) -> None:
+        if self.apps is not None and entry["app_id"] not in self.apps:
+            return
+        if len(self._queue) >= self._max_queued:
+            self.skipped += 1
+            return
+        self._queue.append(entry)
+        if self._flush_call is None and not self.paused:
+            self._flush_call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._flush_call = None
+        if self.paused or not (self._queue or self.skipped):
+            return
+        entries, self._queue = list(self._queue), deque()
+        skipped, self.skipped = self.skipped, 0
+        self._write(entries, skipped)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+
+    def close(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self._queue.clear()
