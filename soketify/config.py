@@ -332,6 +332,36 @@ class LogConfig:
     level: str = setting("info", one_of("debug", "info", "warn", "error"))
 
 
+def password_hash_format(value: str) -> str | None:
+    """"scrypt:N:r:p:salt:hash" (salt and hash in base64), as `python -m soketify.console_auth`
+    prints it; empty: none."""
+    if not value:
+        return None
+    parts = value.split(":")
+    if len(parts) != 6 or parts[0] != "scrypt" or not all(p.isdigit() for p in parts[1:4]):
+        return ('must be "scrypt:N:r:p:salt:hash" as printed by python -m soketify.console_auth')
+    return None
+
+
+def long_enough_token(value: str) -> str | None:
+    if value and len(value) < 16:
+        return "must be at least 16 characters (or empty: no stream for scripts)"
+    return None
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """The debug console at /console on the server's own port."""
+
+    enabled: bool = setting(False)
+    password: str = setting("")
+    password_hash: str = setting("", password_hash_format)
+    # For scripts: GET /console/api/stream with "Authorization: Bearer <api_token>".
+    api_token: str = setting("", long_enough_token)
+    # The app ids it shows; empty: every app.
+    apps: tuple[str, ...] = setting((), expected="a non-empty list of app ids")
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = setting(factory=ServerConfig)
@@ -341,6 +371,7 @@ class Config:
     apps: tuple[AppConfig, ...] = setting((), at_least_one_app, unique=("id", "key"))
     webhooks: WebhookSettings = setting(factory=WebhookSettings)
     cluster: ClusterConfig = setting(factory=ClusterConfig)
+    console: ConsoleConfig = setting(factory=ConsoleConfig)
     source: str = "<defaults>"
     is_development_default: bool = False
     # The parsed TOML it was read from: a supervisor hands it to its workers.
@@ -487,7 +518,15 @@ def parse(data: dict[str, Any], source: str = "<dict>") -> Config:
     """Build a Config from an already-parsed TOML document; raise ConfigError listing every problem."""
     reader = _Reader(source)
     config = reader.table(Config, data, "")
-    if config is None:
+    if config is not None:
+        console = config.console
+        if console.enabled and not (console.password or console.password_hash):
+            reader.problem("console.enabled", "needs console.password or console.password_hash")
+        ids = {app.id for app in config.apps}
+        for app_id in console.apps:
+            if app_id not in ids:
+                reader.problem("console.apps", f"no [[apps]] has id {app_id!r}")
+    if config is None or reader.problems:
         raise ConfigError(reader.problems)
     apps = tuple(app.with_limits(config.limits) for app in config.apps)
     return replace(config, apps=apps, source=source, document=data)
@@ -496,7 +535,7 @@ def parse(data: dict[str, Any], source: str = "<dict>") -> Config:
 def from_document(sent: dict) -> Config:
     """A config passed on by ``Config.as_document`` (from a supervisor to its workers)."""
     config = parse(sent["document"], sent["source"])
-    return replace(config, is_development_default=sent["development"])
+    return as_development_default(config) if sent["development"] else config
 
 
 def load(path: str) -> Config:
@@ -517,5 +556,11 @@ def load_default(path: str | None) -> Config:
         return load(path)
     if os.path.exists(DEFAULT_CONFIG_PATH):
         return load(DEFAULT_CONFIG_PATH)
-    config = parse({"apps": [DEV_APP]}, "<development defaults>")
-    return replace(config, is_development_default=True)
+    return as_development_default(parse({"apps": [DEV_APP]}, "<development defaults>"))
+
+
+def as_development_default(config: Config) -> Config:
+    """The config of a server started without a file: on your own machine the console is on and
+    needs no password (the start-up warning says so)."""
+    return replace(config, is_development_default=True,
+                   console=replace(config.console, enabled=True))

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Iterable
 
+from twisted.internet.task import LoopingCall
+
 # Entries a viewer may have waiting; past this they are skipped (and counted).
 MAX_QUEUED = 2000
 
@@ -94,3 +96,45 @@ class Viewer:
             self._flush_call.cancel()
         self._flush_call = None
         self._queue.clear()
+
+
+class Stats:
+    """Connections and messages per second of each app over the last minutes, for the console's
+    charts: the hub's own counters, read once a second (nothing is counted for this)."""
+
+    def __init__(self, clock, hub, seconds: int = 300):
+        self._clock = clock
+        self._hub = hub
+        self._samples: dict[str, deque] = {}
+        self._seconds = seconds
+        self._loop = LoopingCall(self.sample)
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        self._loop.start(1.0, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def sample(self) -> None:
+        now = round(self._clock.seconds())
+        for app in self._hub.apps:
+            traffic = self._hub.traffic.get(app.id)
+            if traffic is None:
+                continue
+            samples = self._samples.setdefault(app.id, deque(maxlen=self._seconds + 1))
+            samples.append((now, self._hub.connection_count(app.id), traffic.ws_sent_messages,
+                            traffic.ws_received_messages, traffic.http_calls))
+
+    def series(self, app_id: str) -> dict:
+        """{"time": [...], "connections": [...], and per second: "sent", "received", "api_calls"}."""
+        samples = list(self._samples.get(app_id, ()))
+        pairs = list(zip(samples, samples[1:]))
+        return {
+            "time": [b[0] for _, b in pairs],
+            "connections": [b[1] for _, b in pairs],
+            "sent": [max(0, b[2] - a[2]) / max(1, b[0] - a[0]) for a, b in pairs],
+            "received": [max(0, b[3] - a[3]) / max(1, b[0] - a[0]) for a, b in pairs],
+            "api_calls": [max(0, b[4] - a[4]) / max(1, b[0] - a[0]) for a, b in pairs],
+        }

@@ -160,6 +160,10 @@ class Hub:
         self._waiting_for_no_connections.append(waiter)
         return waiter
 
+    def member_infos_here(self, app_id: str, name: str) -> dict[str, Any]:
+        channels = self._channels.get(app_id)
+        return channels.member_infos(name) if channels is not None else {}
+
     def subscriptions_by_type(self, app_id: str) -> dict[str, int]:
         channels = self._channels.get(app_id)
         return channels.subscriptions_by_type() if channels is not None else {}
@@ -189,7 +193,8 @@ class Hub:
                 # Closed while the cluster was answering: undo what it recorded (leave is idempotent).
                 self.cluster.leave(connection.app, name, connection.socket_id, user_id)
             else:
-                self._channels[connection.app.id].add(connection, name, user_id)
+                self._channels[connection.app.id].add(connection, name, user_id,
+                                                      member[1] if member is not None else None)
                 if self.feed.watching:
                     self.feed.add(connection.app.id, "subscribed", channel=name,
                                   socket_id=connection.socket_id, user_id=user_id)

@@ -31,6 +31,7 @@ RESTART_ONLY = (
     ("server", "max_message_size"),
     ("cluster", None),
     ("metrics", "prefix"),
+    ("console", "enabled"),
 )
 
 

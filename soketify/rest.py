@@ -183,10 +183,11 @@ class DirectTriggers(Resource):
 
     isLeaf = True
 
-    def __init__(self, api: "RestApi", klein_resource):
+    def __init__(self, api: "RestApi", klein_resource, console=None):
         super().__init__()
         self._api = api
         self._klein = klein_resource
+        self._console = console  # the debug console's resource, when enabled
 
     def render(self, request):
         problem = _undecodable(request)
@@ -200,6 +201,9 @@ class DirectTriggers(Resource):
                     _answer_later(answer, request)
                     return NOT_DONE_YET
                 return _answer(request, *answer)
+        if self._console is not None and (request.path == b"/console"
+                                          or request.path.startswith(b"/console/")):
+            return self._console.render(request)
         return self._klein.render(request)
 
 
@@ -218,8 +222,9 @@ class RestApi:
         # (app id, limit) -> [start of the current one-second window, calls counted in it]
         self._rate_windows: dict[tuple[str, str], list] = {}
 
-    def resource(self):
-        return DirectTriggers(self, self.app.resource())
+    def resource(self, console=None):
+        """The root resource; ``console``: the debug console's, served under /console."""
+        return DirectTriggers(self, self.app.resource(), console)
 
     def publish(self, endpoint: bytes, app_id: str, method: bytes, path: bytes, query: bytes,
                 body: bytes, body_too_large: bool = False) -> Answer | Deferred:
@@ -238,6 +243,12 @@ class RestApi:
     def publish_request(self, request, endpoint: bytes, app_id: str) -> Answer | Deferred:
         """``publish`` for a twisted.web request."""
         return self.publish(endpoint, app_id, *_request_parts(request))
+
+    def publish_from_console(self, app: AppConfig, event: object) -> None:
+        """An event the debug console sends: checked and published as POST /events would."""
+        event = self._event(event, "event", False, app)
+        self.hub.publish(app.id, event["channels"], event["name"], event["data"],
+                         event.get("socket_id"))
 
     def count_http(self, app_id: str, received: int, sent: int) -> None:
         """One REST call of the app (if it is one of ours): bytes received and sent."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
 
 from twisted.application import service
@@ -20,6 +21,8 @@ from soketify.apps import AppRegistry
 from soketify.cluster import make_cluster
 from soketify.cluster.amp_worker import ForwardedWebhooks
 from soketify.config import Config, ConfigError, load_default
+from soketify.console_feed import ConsoleFeed, Stats
+from soketify.console_web import Console
 from soketify.hub import Hub
 from soketify.metrics import Metrics
 from soketify.outbox import Outbox, adopt_strays
@@ -88,6 +91,8 @@ class SoketifyService(service.MultiService):
             self.supervision.local_metrics = lambda: self.metrics.render().decode()
         self.worker = worker
         self._outbox_given, self._webhook_post = outbox, webhook_post
+        node = socket.gethostname() + (f"/worker-{worker.index}" if worker is not None else "")
+        self.feed = ConsoleFeed(reactor, node)
         self.outbox = None
         self.webhooks = None
         if worker is not None and worker.cluster is not None:
@@ -98,7 +103,7 @@ class SoketifyService(service.MultiService):
         self._make_webhooks(config)
         self.hub = Hub(AppRegistry(config.apps), self.cluster, text_frame, config.limits, reactor,
                        webhooks=self.webhooks, write_each=write_to_subscribers,
-                       on_refusal=self.metrics.refused)
+                       on_refusal=self.metrics.refused, feed=self.feed)
         self.metrics.watch_hub(self.hub)
         self.hub.delivered_in = self.metrics.publish_to_write.observe
         self.cluster.round_trip = self.metrics.round_trips(
@@ -115,8 +120,14 @@ class SoketifyService(service.MultiService):
                                         self.hub.authorization_overdue,
                                         shortest_authorization_timeout(config))
         self.api = RestApi(self.hub, reactor, config.limits, self.unready_reason, self.metrics)
-        self.site = ApiSite(self.api.resource(), config.limits.max_request_body_bytes,
-                            reactor=reactor, counted=self.api.count_request)
+        self.stats = self.console = None
+        if config.console.enabled:
+            self.stats = Stats(reactor, self.hub)
+            self.console = Console(config.console, self.hub, self.api, self.feed, self.stats,
+                                   reactor, config.is_development_default)
+        self.site = ApiSite(self.api.resource(self.console and self.console.resource()),
+                            config.limits.max_request_body_bytes, reactor=reactor,
+                            counted=self.api.count_request)
         self.listeners = []
         self.tls = []  # the ssl: listeners' certificates, read again on reload
         switch = SwitchFactory(self.websocket, self.site, self.api)
@@ -147,7 +158,7 @@ class SoketifyService(service.MultiService):
         self.outbox = self._outbox_given or Outbox.on_thread(path, self.reactor)
         self.webhooks = Webhooks(config.apps, config.webhooks, self.reactor, self.outbox,
                                  self._webhook_post or treq_post(self.reactor),
-                                 counts=self.metrics)
+                                 counts=self.metrics, feed=self.feed)
 
     def apply(self, config: Config) -> None:
         """Serve ``config`` from now on, keeping every connection (a reload; the restart-only
@@ -178,6 +189,8 @@ class SoketifyService(service.MultiService):
         self.site.max_request_body = limits.max_request_body_bytes
         self.address_limits.reconfigure(server.max_connections_per_ip,
                                         server.max_handshakes_per_ip_per_second)
+        if self.console is not None:
+            self.console.reconfigure(config.console)
         self.websocket.activity_timeout = server.activity_timeout
         self.websocket.max_send_buffer = server.max_send_buffer
         self.activity.reconfigure(server.activity_timeout, server.pong_timeout,
@@ -186,13 +199,15 @@ class SoketifyService(service.MultiService):
     def startService(self):
         if self.config.is_development_default:
             log.warn("No config file: serving the development app (id 'app-id', key 'app-key', "
-                     "secret 'app-secret'). These credentials are public; do not use them in "
-                     "production.")
+                     "secret 'app-secret'), and the debug console at /console without a "
+                     "password. These credentials are public; do not use them in production.")
         self.cluster.startService()
         super().startService()
         if self.outbox is not None:  # a worker of the amp engine forwards webhooks instead
             self.webhooks.start()
         self.activity.start()
+        if self.stats is not None:
+            self.stats.start()
         self.ready = True
         log.info("Soketify listening on {listen}", listen=", ".join(self.config.server.listen))
 
@@ -220,6 +235,8 @@ class SoketifyService(service.MultiService):
         self.ready = False
         self.websocket.stopping = True
         self.activity.stop()
+        if self.stats is not None:
+            self.stats.stop()
         # Each listener's stopService answers once its port has really stopped listening; one that
         # fails is logged and the stop goes on (clients still move, webhooks still reach the outbox).
         stopped = DeferredList([maybeDeferred(listener.stopService).addErrback(

@@ -66,7 +66,8 @@ class Target:
     """One webhook URL of one app."""
 
     def __init__(self, app, webhook, settings: WebhookSettings, clock, outbox, post,
-                 counts=None, jitter=random.random, failures: Summarised | None = None):
+                 counts=None, jitter=random.random, failures: Summarised | None = None,
+                 feed=None):
         """``counts`` counts events queued, failed, delivered (with the seconds each waited
         since it was queued) and dropped (see NoCounts)."""
         self.app = app
@@ -77,6 +78,7 @@ class Target:
         self._outbox = outbox
         self._post = post
         self._counts = counts or NoCounts()
+        self._feed = feed  # the debug console's (soketify.console_feed), or None
         self._jitter = jitter
         self._failures = failures or failures_log(clock)
         self._ready: list[_Pending] = []
@@ -131,6 +133,7 @@ class Target:
     def _answered(self, status: int, batch, first_attempt_at, attempt) -> None:
         if self.removed:
             return
+        self._report("sent" if 200 <= status < 300 else "failed", batch, attempt, status=status)
         if 200 <= status < 300:
             now = self._clock.seconds()
             self._counts.webhook_delivered(self.app.id, [now - p.queued_at for p in batch])
@@ -141,6 +144,7 @@ class Target:
     def _failed_with(self, failure, batch, first_attempt_at, attempt) -> None:
         if self.removed:
             return
+        self._report("failed", batch, attempt, error=failure.getErrorMessage())
         self._retry(batch, first_attempt_at, attempt, failure.getErrorMessage() or
                     failure.type.__name__)
 
@@ -156,12 +160,19 @@ class Target:
                       "attempts (last: {why})", count=len(batch), url=self.webhook.url,
                       seconds=now - first_attempt_at, why=why)
             self._counts.webhook_dropped(self.app.id, len(batch))
+            self._report("dropped", batch, attempt)
             self._done(batch)
             return
         self._failures.log(self.webhook.url, url=self.webhook.url, why=why, delay=delay)
+        self._report("retrying", batch, attempt, retry_in=round(delay, 1))
         if not self._stopped:
             self._retry_call = self._clock.callLater(delay, self._attempt, batch, first_attempt_at,
                                                      attempt + 1)
+
+    def _report(self, outcome: str, batch, attempt: int, **details) -> None:
+        if self._feed is not None and self._feed.watching:
+            self._feed.add(self.app.id, "webhook", outcome=outcome, target=self.webhook.url,
+                           attempt=attempt + 1, events=len(batch), **details)
 
     def _done(self, batch) -> None:
         self._outbox.remove([p.outbox_id for p in batch])
@@ -196,8 +207,9 @@ def wanted_event_types(apps) -> dict[str, set[str]]:
 class Webhooks:
     """Routes each app's webhook events to the targets whose filters select them."""
 
-    def __init__(self, apps, settings: WebhookSettings, clock, outbox, post, counts=None):
-        """``counts``: see Target."""
+    def __init__(self, apps, settings: WebhookSettings, clock, outbox, post, counts=None,
+                 feed=None):
+        """``counts`` and ``feed``: see Target."""
         self._clock = clock
         self._outbox = outbox
         # Events of this reactor turn, written to the outbox together in one transaction.
@@ -207,6 +219,7 @@ class Webhooks:
         self._post = post
         self._failures = failures_log(clock)
         self._counts = counts or NoCounts()
+        self._feed = feed
         self._targets: dict[str, list[Target]] = {}
         self._all: dict[str, Target] = {}
         self.reconfigure(apps, settings)
@@ -222,7 +235,7 @@ class Webhooks:
                 target = previous.pop(f"{app.id} {webhook.url}", None)
                 if target is None:
                     target = Target(app, webhook, settings, self._clock, self._outbox, self._post,
-                                    self._counts, failures=self._failures)
+                                    self._counts, failures=self._failures, feed=self._feed)
                 else:
                     target.app, target.webhook, target.settings = app, webhook, settings
                 targets.append(target)

@@ -1,0 +1,337 @@
+"""The debug console over HTTP, at /console on the server's own port: the page and its files, and
+the JSON API the page (and scripts) use. Everything the page needs is in the package.
+
+    GET  /console                      the page
+    GET  /console/static/<file>        its script and style
+    POST /console/api/login            {"password"}: a session cookie and {"csrf"}
+    POST /console/api/logout
+    GET  /console/api/session          {"signed_in", "csrf", "node", "apps", "types"}
+    GET  /console/api/stream?app=ID    entries as newline-delimited JSON, for as long as it is read
+    GET  /console/api/channels?app=ID  occupied channels with subscription (and user) counts
+    GET  /console/api/channel?app=ID&channel=NAME   members (with user_info here), cache and TTL
+    GET  /console/api/user?app=ID&user_id=ID        that user's connections on this node
+    GET  /console/api/stats?app=ID     connections and messages per second, the last minutes
+    POST /console/api/trigger          {"app", "channels", "name", "data"}: as POST /events
+    POST /console/api/terminate        {"app", "user_id"}: as terminate_connections
+
+Reading needs a session cookie or ``Authorization: Bearer <api_token>``; actions need a session
+and its ``X-CSRF-Token``. Without a password (the development default) every request is signed in.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from http.cookies import SimpleCookie
+
+from klein import Klein
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.static import File
+from werkzeug.exceptions import HTTPException
+from zope.interface import implementer
+
+from soketify.console_auth import Sessions, password_matches, token_matches
+from soketify.console_feed import TYPES, Viewer
+from soketify.rest import ApiError
+
+log = Logger()
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console_static")
+COOKIE = b"soketify_console"
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _json(request, status: int, body) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+@implementer(IPushProducer)
+class _StreamProducer:
+    """Pauses a viewer while its reader does not read (the transport's buffer is full)."""
+
+    def __init__(self, viewer: Viewer):
+        self._viewer = viewer
+
+    def pauseProducing(self):
+        self._viewer.pause()
+
+    def resumeProducing(self):
+        self._viewer.resume()
+
+    def stopProducing(self):
+        self._viewer.pause()
+
+
+class _Stream(Resource):
+    isLeaf = True
+
+    def __init__(self, console: "Console", app_ids: list[str]):
+        super().__init__()
+        self._console = console
+        self._app_ids = app_ids
+
+    def render_GET(self, request):
+        return self._console.open_stream(request, self._app_ids)
+
+
+class Console:
+    app = Klein()
+
+    def __init__(self, settings, hub, api, feed, stats, clock, development: bool):
+        """``settings``: ConsoleConfig; ``api``: the RestApi (triggers take its path);
+        ``development``: no config file, so no password is asked."""
+        self.settings = settings
+        self.hub = hub
+        self.api = api
+        self.feed = feed
+        self.stats = stats
+        self.clock = clock
+        self.open_to_all = development and not (settings.password or settings.password_hash)
+        self.sessions = Sessions(clock)
+
+    def resource(self):
+        return self.app.resource()
+
+    def reconfigure(self, settings) -> None:
+        """A reload's [console]: password, token and apps apply to the next request."""
+        self.settings = settings
+        if settings.password or settings.password_hash:
+            self.open_to_all = False
+
+    # -- who is asking -------------------------------------------------------------------------
+
+    def _session(self, request) -> str | None:
+        return request.getCookie(COOKIE).decode() if request.getCookie(COOKIE) else None
+
+    def _may_read(self, request) -> bool:
+        return (self.open_to_all or self.sessions.csrf_of(self._session(request)) is not None
+                or token_matches(request.getHeader(b"authorization"), self.settings.api_token))
+
+    def _check_read(self, request) -> None:
+        if not self._may_read(request):
+            raise Refused(401, "Sign in, or send Authorization: Bearer <console.api_token>")
+
+    def _check_action(self, request) -> None:
+        """A signed-in browser's action: its session and the CSRF token of that session."""
+        if self.open_to_all:
+            return
+        csrf = self.sessions.csrf_of(self._session(request))
+        given = (request.getHeader(b"x-csrf-token") or b"").decode("utf-8", "replace")
+        if csrf is None:
+            raise Refused(401, "Sign in first")
+        if not hmac.compare_digest(csrf.encode(), given.encode()):
+            raise Refused(403, "Missing or wrong X-CSRF-Token")
+
+    def _app(self, request, app_id=None):
+        if app_id is None:
+            app_id = (request.args.get(b"app") or [b""])[0].decode("utf-8", "replace")
+        app = self.hub.apps.by_id(app_id)
+        if app is None or not self._shown(app.id):
+            raise Refused(404, f"No app {app_id!r} here")
+        return app
+
+    def _shown(self, app_id: str) -> bool:
+        return not self.settings.apps or app_id in self.settings.apps
+
+    @staticmethod
+    def _body(request) -> dict:
+        try:
+            body = json.loads(request.content.read() or b"{}")
+        except ValueError:
+            raise Refused(400, "The body must be a JSON object")
+        if not isinstance(body, dict):
+            raise Refused(400, "The body must be a JSON object")
+        return body
+
+    # -- the page ------------------------------------------------------------------------------
+
+    @app.route("/console", methods=["GET"])
+    def page(self, request):
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"Content-Security-Policy",
+                          b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        with open(os.path.join(STATIC, "index.html"), "rb") as f:
+            return f.read()
+
+    @app.route("/console/static/", branch=True, methods=["GET"])
+    def static(self, request):
+        return File(STATIC)
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    @app.route("/console/api/login", methods=["POST"])
+    def login(self, request):
+        address = request.getClientAddress().host if request.getClientAddress() else "?"
+        wait = self.sessions.wait_before_trying(address)
+        if wait > 0:
+            request.setHeader(b"Retry-After", b"%d" % (int(wait) + 1))
+            raise Refused(429, f"Too many wrong passwords; try again in {wait:.0f} s")
+        given = self._body(request).get("password")
+        if not self.open_to_all and not (isinstance(given, str) and password_matches(
+                given, self.settings.password, self.settings.password_hash)):
+            self.sessions.failed(address)
+            raise Refused(401, "Wrong password")
+        self.sessions.succeeded(address)
+        session, csrf = self.sessions.open()
+        cookie = SimpleCookie()
+        cookie["soketify_console"] = session
+        morsel = cookie["soketify_console"]
+        morsel["path"], morsel["httponly"], morsel["samesite"] = "/console", True, "Strict"
+        if request.isSecure():
+            morsel["secure"] = True
+        request.setHeader(b"Set-Cookie", morsel.OutputString().encode())
+        return _json(request, 200, {"csrf": csrf})
+
+    @app.route("/console/api/logout", methods=["POST"])
+    def logout(self, request):
+        self._check_action(request)
+        self.sessions.close(self._session(request))
+        request.setHeader(b"Set-Cookie", b"soketify_console=; Path=/console; Max-Age=0; HttpOnly; "
+                          b"SameSite=Strict")
+        return _json(request, 200, {"ok": True})
+
+    @app.route("/console/api/session", methods=["GET"])
+    def session(self, request):
+        signed_in = self.open_to_all or self.sessions.csrf_of(self._session(request)) is not None
+        body = {"signed_in": signed_in, "password_needed": not self.open_to_all,
+                "node": self.feed.node}
+        if signed_in:
+            body["csrf"] = "" if self.open_to_all else self.sessions.csrf_of(self._session(request))
+            # Never a secret: ids and keys only.
+            body["apps"] = [{"id": app.id, "key": app.key} for app in self.hub.apps
+                            if self._shown(app.id)]
+            body["types"] = list(TYPES) + ["skipped"]
+        return _json(request, 200, body)
+
+    # -- the stream ----------------------------------------------------------------------------
+
+    @app.route("/console/api/stream", methods=["GET"])
+    def stream(self, request):
+        self._check_read(request)
+        app_ids = [self._app(request).id] if request.args.get(b"app") else [
+            app.id for app in self.hub.apps if self._shown(app.id)]
+        # A resource: Klein leaves a request it renders open while it answers NOT_DONE_YET.
+        return _Stream(self, app_ids)
+
+    def open_stream(self, request, app_ids: list[str]):
+        request.setHeader(b"Content-Type", b"application/x-ndjson")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Accel-Buffering", b"no")
+
+        def write(entries, skipped):
+            lines = [json.dumps(entry, separators=(",", ":"), default=str) for entry in entries]
+            if skipped:
+                lines.append(json.dumps({"time": round(self.clock.seconds(), 3),
+                                         "node": self.feed.node, "type": "skipped",
+                                         "count": skipped}))
+            request.write(("\n".join(lines) + "\n").encode())
+        viewer = Viewer(self.clock, write, app_ids)
+        self.feed.attach(viewer)
+        request.registerProducer(_StreamProducer(viewer), True)
+        # A first line at once: the reader knows it is connected (browsers buffer nothing then).
+        request.write(json.dumps({"time": round(self.clock.seconds(), 3), "node": self.feed.node,
+                                  "type": "stream_opened", "apps": app_ids}).encode() + b"\n")
+
+        def gone(_):
+            self.feed.detach(viewer)
+            viewer.close()
+            if request.channel is not None:
+                request.unregisterProducer()
+        request.notifyFinish().addBoth(gone)
+        return NOT_DONE_YET
+
+    # -- the inspector -------------------------------------------------------------------------
+
+    @app.route("/console/api/channels", methods=["GET"])
+    async def channels(self, request):
+        self._check_read(request)
+        app = self._app(request)
+        occupied = await self.hub.occupied_channels(app.id, "")
+        return _json(request, 200, {"channels": [
+            {"name": name, "subscription_count": stats.subscription_count,
+             "user_count": stats.user_count} for name, stats in sorted(occupied.items())]})
+
+    @app.route("/console/api/channel", methods=["GET"])
+    async def channel(self, request):
+        self._check_read(request)
+        app = self._app(request)
+        name = (request.args.get(b"channel") or [b""])[0].decode("utf-8", "replace")
+        body = {"name": name}
+        if name.startswith("presence-"):
+            user_ids = await self.hub.channel_members(app.id, name)
+            infos = self.hub.member_infos_here(app.id, name)
+            body["members"] = [{"id": user_id, "user_info": infos.get(user_id)}
+                               for user_id in user_ids]
+        if "cache-" in name:
+            cached = await self.hub.cached_event(app.id, name)
+            body["cache"] = None if cached is None else {
+                "event": cached.name, "data": cached.data, "ttl": cached.ttl}
+        return _json(request, 200, body)
+
+    @app.route("/console/api/user", methods=["GET"])
+    def user(self, request):
+        self._check_read(request)
+        app = self._app(request)
+        user_id = (request.args.get(b"user_id") or [b""])[0].decode("utf-8", "replace")
+        return _json(request, 200, {"user_id": user_id, "node": self.feed.node, "connections": [
+            {"socket_id": c.socket_id, "address": c.remote_address,
+             "channels": sorted(c.channels), "user_info": c.user_info}
+            for c in self.hub.users.connections_of(app.id, user_id)]})
+
+    @app.route("/console/api/stats", methods=["GET"])
+    def stats_(self, request):
+        self._check_read(request)
+        app = self._app(request)
+        return _json(request, 200, self.stats.series(app.id))
+
+    # -- actions -------------------------------------------------------------------------------
+
+    @app.route("/console/api/trigger", methods=["POST"])
+    def trigger(self, request):
+        self._check_action(request)
+        body = self._body(request)
+        app = self._app(request, str(body.get("app", "")))
+        event = {key: body[key] for key in ("channels", "channel", "name", "data", "socket_id")
+                 if key in body}
+        self.api.publish_from_console(app, event)
+        return _json(request, 200, {"ok": True})
+
+    @app.route("/console/api/terminate", methods=["POST"])
+    async def terminate(self, request):
+        self._check_action(request)
+        body = self._body(request)
+        app = self._app(request, str(body.get("app", "")))
+        user_id = body.get("user_id")
+        if not isinstance(user_id, str) or not user_id:
+            raise Refused(400, "user_id must be a non-empty string")
+        await self.hub.terminate_user(app.id, user_id)
+        return _json(request, 200, {"ok": True})
+
+    # -- errors --------------------------------------------------------------------------------
+
+    @app.handle_errors(Refused)
+    def refused(self, request, failure):
+        return _json(request, failure.value.status, {"error": str(failure.value)})
+
+    @app.handle_errors(Exception)
+    def failed(self, request, failure):
+        if isinstance(failure.value, ApiError):
+            return _json(request, failure.value.status, {"error": failure.value.message})
+        if isinstance(failure.value, HTTPException):
+            return _json(request, failure.value.code, {"error": failure.value.name})
+        log.failure("Console request failed", failure)
+        return _json(request, 500, {"error": "Internal server error"})

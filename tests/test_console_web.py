@@ -1,0 +1,199 @@
+"""The debug console over HTTP (issue 12): sign-in, sessions and CSRF, the NDJSON stream for
+scripts, the inspector and the actions, on the real service with in-memory connections."""
+
+import json
+from http.cookies import SimpleCookie
+
+from twisted.trial import unittest
+
+from soketify import signing
+from soketify.console_auth import hash_password, password_matches
+from tests.support import APP, HttpClient, HttpResponse, Rig, make_config
+
+TOKEN = "t" * 24
+
+
+def console_rig(test_case, **console):
+    settings = dict({"enabled": True, "password": "s3cret", "api_token": TOKEN}, **console)
+    return Rig(test_case, make_config(console=settings))
+
+
+class Stream:
+    """GET /console/api/stream kept open: the entries written so far."""
+
+    def __init__(self, rig, path="/console/api/stream", headers=None):
+        self.rig = rig
+        self.client = HttpClient(rig)
+        self.response = self.client.request("GET", path, headers=headers)
+
+    def entries(self):
+        self.rig.reactor.advance(0)
+        raw = self.client.transport.value()
+        body = HttpResponse(raw).body
+        return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+
+    def close(self):
+        self.client.transport.loseConnection()
+        self.rig.advance(0.1)
+
+
+def sign_in(rig, password="s3cret"):
+    answer = rig.http("POST", "/console/api/login", json.dumps({"password": password}).encode())
+    cookie = SimpleCookie(answer.headers.get("set-cookie", ""))
+    return answer, cookie
+
+
+class AuthTests(unittest.TestCase):
+    def test_stream_needs_the_token_or_a_session(self):
+        rig = console_rig(self)
+        self.assertEqual(rig.http("GET", "/console/api/stream").status, 401)
+        self.assertEqual(rig.http("GET", "/console/api/stream",
+                                  headers={"Authorization": "Bearer wrong-token-wrong-token"}).status, 401)
+        stream = Stream(rig, headers={"Authorization": f"Bearer {TOKEN}"})
+        self.assertEqual(stream.entries()[0]["type"], "stream_opened")
+        stream.close()
+
+    def test_sign_in_sets_an_httponly_samesite_cookie_and_gives_a_csrf_token(self):
+        rig = console_rig(self)
+        answer, cookie = sign_in(rig)
+        self.assertEqual(answer.status, 200)
+        morsel = cookie["soketify_console"]
+        self.assertTrue(morsel["httponly"])
+        self.assertEqual(morsel["samesite"], "Strict")
+        self.assertEqual(morsel["path"], "/console")
+        csrf = answer.json()["csrf"]
+        session = {"Cookie": f"soketify_console={morsel.value}"}
+        body = json.dumps({"app": "app-id", "channels": ["news"], "name": "e", "data": "x"}).encode()
+        # An action needs the session's CSRF token too.
+        self.assertEqual(rig.http("POST", "/console/api/trigger", body, session).status, 403)
+        self.assertEqual(rig.http("POST", "/console/api/trigger", body,
+                                  dict(session, **{"X-CSRF-Token": csrf})).status, 200)
+        # The token alone (a script) may read but not act.
+        self.assertEqual(rig.http("POST", "/console/api/trigger", body,
+                                  {"Authorization": f"Bearer {TOKEN}"}).status, 401)
+
+    def test_wrong_passwords_are_refused_and_slow_the_next_attempts(self):
+        rig = console_rig(self)
+        for _ in range(3):
+            self.assertEqual(sign_in(rig, "wrong")[0].status, 401)
+        throttled = sign_in(rig)[0]  # even the right one waits a second now
+        self.assertEqual(throttled.status, 429)
+        self.assertIn("retry-after", throttled.headers)
+        rig.advance(1.1)
+        self.assertEqual(sign_in(rig, "wrong")[0].status, 401)
+        rig.advance(1.1)
+        self.assertEqual(sign_in(rig)[0].status, 429)  # then 2 s
+        rig.advance(1)
+        self.assertEqual(sign_in(rig)[0].status, 200)
+
+    def test_scrypt_hash_and_plain_password(self):
+        stored = hash_password("pw", salt=b"0123456789abcdef")
+        self.assertTrue(stored.startswith("scrypt:16384:8:1:"))
+        self.assertTrue(password_matches("pw", "", stored))
+        self.assertFalse(password_matches("pW", "", stored))
+        self.assertTrue(password_matches("pw", "pw", ""))
+        self.assertFalse(password_matches("", "", ""))
+        rig = console_rig(self, password="", password_hash=stored)
+        self.assertEqual(sign_in(rig, "pw")[0].status, 200)
+
+    def test_the_session_never_shows_a_secret(self):
+        rig = console_rig(self)
+        _, cookie = sign_in(rig)
+        answer = rig.http("GET", "/console/api/session",
+                          headers={"Cookie": f"soketify_console={cookie['soketify_console'].value}"})
+        self.assertTrue(answer.json()["signed_in"])
+        self.assertNotIn(APP["secret"], answer.body.decode())
+
+    def test_config_needs_a_password_when_enabled_and_known_apps(self):
+        from soketify.config import ConfigError
+        with self.assertRaises(ConfigError) as caught:
+            make_config(console={"enabled": True, "apps": ["nope"]})
+        text = "\n".join(caught.exception.problems)
+        self.assertIn("console.enabled: needs console.password or console.password_hash", text)
+        self.assertIn("console.apps: no [[apps]] has id 'nope'", text)
+        with self.assertRaises(ConfigError) as caught:
+            make_config(console={"api_token": "short"})
+        self.assertIn("console.api_token: must be at least 16 characters", caught.exception.problems[0])
+
+    def test_off_unless_configured(self):
+        rig = Rig(self)
+        self.assertEqual(rig.http("GET", "/console").status, 404)
+
+
+class StreamTests(unittest.TestCase):
+    def test_entries_as_ndjson_with_time_node_app_and_type(self):
+        rig = console_rig(self)
+        stream = Stream(rig, "/console/api/stream?app=app-id", {"Authorization": f"Bearer {TOKEN}"})
+        self.assertEqual(stream.response.headers["content-type"], "application/x-ndjson")
+        client = rig.connect()
+        client.subscribe("news")
+        self.assertEqual(rig.signed("POST", "/apps/app-id/events",
+                                    {"name": "e", "channels": ["news"], "data": "hi"}).status, 200)
+        entries = stream.entries()
+        self.assertEqual([e["type"] for e in entries[1:]],
+                         ["connection_opened", "subscribed", "channel_occupied", "api_message"])
+        for entry in entries[1:]:
+            self.assertEqual(set(entry) >= {"time", "node", "app_id", "type"}, True)
+        stream.close()
+        self.assertFalse(rig.hub.feed.watching)
+
+    def test_a_reader_that_does_not_read_gets_a_skipped_count(self):
+        rig = console_rig(self)
+        stream = Stream(rig, "/console/api/stream", {"Authorization": f"Bearer {TOKEN}"})
+        viewer = rig.hub.feed._viewers[0]
+        viewer.pause()  # as the transport does when the reader stops reading
+        for n in range(2100):
+            rig.hub.feed.add("app-id", "api_message", n=n)
+        viewer.resume()
+        entries = stream.entries()
+        self.assertEqual(entries[-1]["type"], "skipped")
+        self.assertEqual(entries[-1]["count"], 100)
+        stream.close()
+
+
+class InspectorAndActionTests(unittest.TestCase):
+    def test_presence_members_with_user_info_and_channel_counts(self):
+        rig = Rig(self, make_config(console={"enabled": True, "password": "p"}))
+        rig.service.console.open_to_all = True  # as the development default
+        client = rig.connect()
+        data = '{"user_id":"alice","user_info":{"name":"Alice"}}'
+        client.subscribe("presence-room", channel_data=data, auth=signing.channel_auth(
+            "app-key", "app-secret", client.socket_id, "presence-room", data))
+        rig.advance(0.1)
+        channels = rig.http("GET", "/console/api/channels?app=app-id").json()["channels"]
+        self.assertEqual(channels, [{"name": "presence-room", "subscription_count": 1, "user_count": 1}])
+        detail = rig.http("GET", "/console/api/channel?app=app-id&channel=presence-room").json()
+        self.assertEqual(detail["members"], [{"id": "alice", "user_info": {"name": "Alice"}}])
+
+    def test_trigger_takes_the_rest_path_and_terminate_closes_4009(self):
+        rig = Rig(self, make_config(console={"enabled": True, "password": "p"}))
+        rig.service.console.open_to_all = True
+        client = rig.connect()
+        client.subscribe("news")
+        body = json.dumps({"app": "app-id", "channels": ["news"], "name": "from-console",
+                           "data": "{\"a\":1}"}).encode()
+        self.assertEqual(rig.http("POST", "/console/api/trigger", body).status, 200)
+        self.assertEqual(client.next_event()["event"], "from-console")
+        too_big = json.dumps({"app": "app-id", "channels": ["news"], "name": "e",
+                              "data": "x" * 20000}).encode()
+        answer = rig.http("POST", "/console/api/trigger", too_big)
+        self.assertEqual(answer.status, 413)
+        self.assertIn("error", answer.json())
+        user_data = '{"id":"u1"}'
+        client.send("pusher:signin", {"user_data": user_data, "auth": signing.user_auth(
+            "app-key", "app-secret", client.socket_id, user_data)})
+        client.events()
+        user = rig.http("GET", "/console/api/user?app=app-id&user_id=u1").json()
+        self.assertEqual([c["socket_id"] for c in user["connections"]], [client.socket_id])
+        answer = rig.http("POST", "/console/api/terminate",
+                          json.dumps({"app": "app-id", "user_id": "u1"}).encode())
+        self.assertEqual(answer.status, 200)
+        client.events()
+        self.assertEqual(client.close_code, 4009)
+
+    def test_apps_not_shown_are_not_found(self):
+        rig = Rig(self, make_config(apps=[APP, {"id": "b", "key": "bk", "secret": "bs"}],
+                                    console={"enabled": True, "password": "p", "apps": ["b"]}))
+        rig.service.console.open_to_all = True
+        self.assertEqual(rig.http("GET", "/console/api/channels?app=app-id").status, 404)
+        self.assertEqual(rig.http("GET", "/console/api/channels?app=b").status, 200)
