@@ -11,11 +11,13 @@ system-deps:
 	@$(PYTHON) -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3 python3-venv python3-dev; }
 
-# ... and what the tests need on top: Node.js with npm for the official JavaScript clients, and a
-# real redis-server for the cluster tests (the tests start and stop their own servers).
+# ... and what the tests need on top: Node.js with npm for the official JavaScript clients, a
+# real redis-server for the cluster tests (the tests start and stop their own servers), and
+# Debian's Chromium for the debug console's browser tests (driven by playwright-core from npm).
 test-system-deps: system-deps
-	@command -v node >/dev/null && command -v npm >/dev/null && command -v redis-server >/dev/null || \
-	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm redis-server; }
+	@command -v node >/dev/null && command -v npm >/dev/null && command -v redis-server >/dev/null \
+	  && command -v chromium >/dev/null || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm redis-server chromium; }
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(MAKE) system-deps

@@ -224,6 +224,8 @@ async def wait_quiet(limit=0.3, max_wait=20):
         waited += 1.5
 
 
+CONSOLE_TOKEN = "bench-console-token-0123456789"
+
 class Server:
     """One server under test: its command, ports and trigger target (new ports at each start).
 
@@ -232,8 +234,15 @@ class Server:
     command template with "{port}"; the development app; ready when GET `ready_path` answers)."""
 
     def __init__(self, name, logdir, extra_config="", kind=None, command=None, ready_path="/",
-                 env_fn=None):
+                 env_fn=None, console_viewer=False):
         self.name = name
+        # Soketify with its debug console on and one script reading GET /console/api/stream for
+        # the whole time it runs (issue 12: what a viewer costs).
+        self.console_viewer = console_viewer
+        self.viewer = None
+        if console_viewer:
+            extra_config += ('[console]\nenabled = true\npassword = "bench"\n'
+                             f'api_token = "{CONSOLE_TOKEN}"\n')
         self.logdir = logdir
         self.extra_config = extra_config  # more TOML for Soketify (e.g. a [cluster] table)
         self.kind = kind or ("floor" if name == "floor" else "soketify")
@@ -333,9 +342,28 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.logpath}")
             if self._answers():
+                if self.console_viewer:
+                    self._start_viewer()
                 return
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.logpath}")
+
+    def _start_viewer(self):
+        """curl reading the console's stream (not in the server's process group: its CPU is not
+        the server's); what it received goes to a log beside the server's."""
+        self.viewer_log = self.logpath.replace(".log", "-viewer.ndjson")
+        self.viewer = subprocess.Popen(
+            ["curl", "-sN", "-H", f"Authorization: Bearer {CONSOLE_TOKEN}", "-o", self.viewer_log,
+             f"http://127.0.0.1:{self.http_port}/console/api/stream"],
+            stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _stop_viewer(self):
+        if self.viewer is not None and self.viewer.poll() is None:
+            self.viewer.terminate()
+            self.viewer.wait()
+            with open(self.viewer_log, "rb") as f:
+                log(f"{self.name}: the console viewer received {sum(1 for _ in f)} lines")
+        self.viewer = None
 
     def signal_stop(self):
         if self.proc and self.proc.poll() is None:
@@ -345,6 +373,7 @@ class Server:
                 pass
 
     def stop(self, timeout=15):
+        self._stop_viewer()
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -1268,6 +1297,8 @@ def main():
     ap.add_argument("--rest-concurrency", type=int, help="REST requests in flight")
     ap.add_argument("--presence-joins", type=int)
     ap.add_argument("--quick", action="store_true", help="small profile for a smoke test (1 round)")
+    ap.add_argument("--console-viewer", action="store_true",
+                    help="Soketify with its debug console on and one stream reader attached")
     ap.add_argument("--strict", action="store_true",
                     help="exit with status 1 if a target fails or is not measured")
     args = ap.parse_args()
@@ -1373,7 +1404,8 @@ def main():
     for name in names:
         if name == "soketify":
             # room for the presence scenario's members (the default limit is 100, as Pusher's)
-            servers.append(Server("soketify", logdir, "[limits]\nmax_presence_members = 5000\n"))
+            servers.append(Server("soketify", logdir, "[limits]\nmax_presence_members = 5000\n",
+                                  console_viewer=args.console_viewer))
         elif name == "floor":
             servers.append(Server("floor", logdir))
         elif name == "soketi":

@@ -157,7 +157,10 @@ function render(all = false) {
   $('skipped').textContent = String(state.skipped);
   $('shown').textContent = String(log.children.length);
 }
-setInterval(() => { if (state.incoming.length) render(); }, RENDER_EVERY_MS);
+setInterval(() => {
+  if (state.incoming.length) render();
+  else $('skipped').textContent = String(state.skipped);  // paused: only the count moves
+}, RENDER_EVERY_MS);
 
 function buildTypeFilters() {
   $('type-filters').replaceChildren(...state.types.filter((t) => t !== 'skipped').map((type) => {

@@ -194,6 +194,7 @@ export function appConfig(overrides = {}) {
  */
 export function renderConfig({
   port, server = {}, apps = [appConfig()], tls = null, limits = null, webhooks = null, cluster = null, stateDir = null,
+  console = null,
 }) {
   const listen = [`tcp:${port}:interface=127.0.0.1`];
   if (tls) {
@@ -210,6 +211,7 @@ export function renderConfig({
   if (limits) parts.push(tomlTable('[limits]', limits));
   if (webhooks) parts.push(tomlTable('[webhooks]', webhooks));
   if (cluster) parts.push(tomlTable('[cluster]', cluster));
+  if (console) parts.push(tomlTable('[console]', console));
   for (const { webhooks: targets = [], ...app } of apps) {
     parts.push(tomlTable('[[apps]]', app));
     for (const target of targets) parts.push(tomlTable('[[apps.webhooks]]', target));
@@ -297,9 +299,10 @@ export class Daemon {
    */
   constructor({
     apps, server, tls = false, limits = null, webhooks = null, cluster = null, stateDir = null, port = null,
-    detached = false, awaitReady = true,
+    detached = false, awaitReady = true, console = null,
   } = {}) {
-    this.options = { apps, server, tls, limits, webhooks, cluster, stateDir, port, detached, awaitReady };
+    this.options = { apps, server, tls, limits, webhooks, cluster, stateDir, port, detached, awaitReady, console };
+    this.console = console;
     this.apps = apps;
     this.server = server;
     this.limits = limits;
@@ -347,7 +350,7 @@ export class Daemon {
     const tls = this.tls ? { port: this.tlsPort, key: this.tlsKey, cert: this.tlsCert } : null;
     return renderConfig({
       port: this.port, server: this.server, apps: this.apps, tls, limits: this.limits,
-      webhooks: this.webhooks, cluster: this.cluster, stateDir: this.stateDir,
+      webhooks: this.webhooks, cluster: this.cluster, stateDir: this.stateDir, console: this.console,
     });
   }
 

@@ -1,0 +1,155 @@
+// The debug console at /console (issue 12) in a real headless Chromium (Debian's, driven by
+// playwright-core), against a real twistd, with unmodified pusher-js clients, the Node SDK and a
+// real webhook receiver: sign in (a wrong password refused), watch a client connect and subscribe,
+// send it an event from the event creator, see the webhook entry with its status, filter, pause,
+// inspect presence members, terminate a user (pusher-js gets 4009). Saves a screenshot of the
+// console to tests/artifacts/console.png on every run.
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import {
+  APP,
+  Daemon,
+  REPO_ROOT,
+  appConfig,
+  connectPusherJs,
+  disconnectPusherJs,
+  pusherJsErrorCode,
+  sdkAuthOptions,
+  signInPusherJs,
+  subscribePusherJs,
+  watchPusherJs,
+} from './helpers.mjs';
+import { WebhookReceiver } from './webhook_helpers.mjs';
+
+const CHROMIUM = process.env.SOKETIFY_CHROMIUM || '/usr/bin/chromium';
+const ARTIFACTS = path.join(REPO_ROOT, 'tests', 'artifacts');
+const PASSWORD = 'correct horse battery staple';
+
+describe('debug console in a real browser', { skip: !fs.existsSync(CHROMIUM) && `no browser at ${CHROMIUM} (make test installs Debian's chromium)` }, () => {
+  let daemon;
+  let receiver;
+  let browser;
+  let page;
+  const clients = [];
+
+  before(async () => {
+    const { chromium } = await import('playwright-core');
+    receiver = await WebhookReceiver.start({ app: APP });
+    daemon = await Daemon.start({
+      apps: [appConfig({ webhooks: [{ url: receiver.url('/hooks'), event_types: ['channel_occupied'] }] })],
+      console: { enabled: true, password: PASSWORD },
+    });
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      // As root in CI; no GPU; this machine's network is closed, so nothing in the background.
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    await page.goto(`${daemon.baseUrl}/console`);
+  });
+
+  after(async () => {
+    for (const c of clients) disconnectPusherJs(c);
+    if (page) {
+      fs.mkdirSync(ARTIFACTS, { recursive: true });
+      await page.screenshot({ path: path.join(ARTIFACTS, 'console.png') }).catch(() => {});
+    }
+    if (browser) await browser.close();
+    if (daemon) await daemon.stop();
+    if (receiver) await receiver.stop();
+  });
+
+  const entry = (type, text = '') => page.locator(`#log li[data-type="${type}"]`, { hasText: text });
+
+  it('refuses a wrong password, then signs in', async () => {
+    await page.fill('#password', 'wrong');
+    await page.click('#login-button');
+    await page.locator('#login-error', { hasText: 'Wrong password' }).waitFor();
+    assert.equal(await page.isVisible('#console'), false);
+    await page.fill('#password', PASSWORD);
+    await page.click('#login-button');
+    await page.locator('#console').waitFor();
+    await page.locator('#connection-state', { hasText: 'live' }).waitFor();
+  });
+
+  it('shows a pusher-js client connect and subscribe, and the webhook sent for it', async () => {
+    const client = await connectPusherJs(daemon);
+    clients.push(client);
+    const socketId = client.connection.socket_id;
+    await subscribePusherJs(client, 'console-news');
+    await entry('connection_opened', socketId).waitFor();
+    await entry('subscribed', 'console-news').waitFor();
+    await entry('webhook', 'status=200').waitFor({ timeout: 10000 });
+    assert.match(await entry('webhook', 'status=200').first().textContent(), /sent/);
+  });
+
+  it('sends an event from the event creator that pusher-js receives, and can replay it', async () => {
+    const client = await connectPusherJs(daemon);
+    clients.push(client);
+    const { inbox } = await subscribePusherJs(client, 'console-creator');
+    await page.fill('#ev-channel', 'console-creator');
+    await page.fill('#ev-name', 'from-console');
+    await page.fill('#ev-data', '{"n": 1}');
+    await page.click('#ev-send');
+    assert.deepEqual((await inbox.waitFor((e) => e.event === 'from-console')).data, { n: 1 });
+    await entry('api_message', 'from-console').waitFor();
+    await entry('api_message', 'from-console').first().locator('.replay').click();
+    await inbox.waitFor((e) => e.event === 'from-console', { from: inbox.items.indexOf(inbox.items.find((e) => e.event === 'from-console')) + 1 });
+  });
+
+  it('filters by text and by type', async () => {
+    await page.fill('#filter-text', 'console-creator');
+    await page.waitForFunction(() => [...document.querySelectorAll('#log li')].every((li) => li.textContent.includes('console-creator')));
+    assert.ok(await page.locator('#log li').count() > 0);
+    await page.fill('#filter-text', '');
+    await page.uncheck('#type-filters input[value="api_message"]');
+    assert.equal(await entry('api_message').count(), 0);
+    await page.check('#type-filters input[value="api_message"]');
+    await entry('api_message').first().waitFor();
+  });
+
+  it('pauses (counting what it skips) and resumes', async () => {
+    await page.click('#pause');
+    const before = Number(await page.textContent('#skipped'));
+    const shown = await page.locator('#log li').count();
+    const sdk = daemon.sdk();
+    for (let i = 0; i < 5; i += 1) await sdk.trigger('console-paused', 'while-paused', { i });
+    await page.waitForFunction((n) => Number(document.querySelector('#skipped').textContent) >= n + 5, before);
+    assert.equal(await page.locator('#log li').count(), shown);
+    await page.click('#pause');
+    await sdk.trigger('console-paused', 'after-resume', {});
+    await entry('api_message', 'after-resume').waitFor();
+  });
+
+  it('inspects presence members with their user_info', async () => {
+    const sdk = daemon.sdk();
+    const client = await connectPusherJs(daemon, sdkAuthOptions(sdk, {
+      presenceData: () => ({ user_id: 'alice', user_info: { name: 'Alice Liddell' } }),
+    }));
+    clients.push(client);
+    await subscribePusherJs(client, 'presence-console');
+    await entry('member_added', 'alice').waitFor();
+    await page.click('#refresh-channels');
+    await page.click('#channels li[data-channel="presence-console"]');
+    await page.locator('#channel-detail', { hasText: 'Alice Liddell' }).waitFor();
+  });
+
+  it("terminates a user's connections: pusher-js gets 4009", async () => {
+    const sdk = daemon.sdk();
+    const client = await connectPusherJs(daemon, sdkAuthOptions(sdk, { userData: () => ({ id: 'u-terminated' }) }));
+    clients.push(client);
+    await signInPusherJs(client, 'u-terminated');
+    const watch = watchPusherJs(client);
+    await page.fill('#user-id', 'u-terminated');
+    await page.click('#user-lookup');
+    await page.locator('#user-detail', { hasText: client.connection.socket_id }).waitFor();
+    await page.click('#terminate');
+    await watch.errors.waitFor((e) => pusherJsErrorCode(e) === 4009, { what: 'pusher-js error 4009' });
+    await entry('connection_closed', 'code=4009').waitFor();
+  });
+});
