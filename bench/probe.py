@@ -78,6 +78,12 @@ def start_soketify(reactor, port):
     root = makeService(options, reactor)
     root.startService()
     service = root.getServiceNamed("soketify")
+    if os.environ.get("PROBE_CONSOLE_VIEWER"):
+        # One debug-console stream attached, its entries encoded as the stream does, then dropped.
+        from soketify.console_feed import Viewer
+        def write(entries, skipped):
+            ("\n".join(json.dumps(e, separators=(",", ":"), default=str) for e in entries)).encode()
+        service.hub.feed.attach(Viewer(reactor, write))
     target = {"kind": "pusher", "port": port, "app_id": "app-id", "key": "app-key",
               "secret": "app-secret"}
     return target, lambda: next(iter(service.hub.connections), None)
