@@ -8,6 +8,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 import {
@@ -35,6 +36,8 @@ describe('debug console in a real browser', { skip: !fs.existsSync(CHROMIUM) && 
   let browser;
   let page;
   const clients = [];
+  // The webhook outbox's directory: the test's own, not the installed default /var/lib/soketify.
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-console-state-'));
 
   before(async () => {
     const { chromium } = await import('playwright-core');
@@ -42,6 +45,7 @@ describe('debug console in a real browser', { skip: !fs.existsSync(CHROMIUM) && 
     daemon = await Daemon.start({
       apps: [appConfig({ webhooks: [{ url: receiver.url('/hooks'), event_types: ['channel_occupied'] }] })],
       console: { enabled: true, password: PASSWORD },
+      stateDir,
     });
     browser = await chromium.launch({
       executablePath: CHROMIUM,
@@ -62,6 +66,7 @@ describe('debug console in a real browser', { skip: !fs.existsSync(CHROMIUM) && 
     if (browser) await browser.close();
     if (daemon) await daemon.stop();
     if (receiver) await receiver.stop();
+    fs.rmSync(stateDir, { recursive: true, force: true });
   });
 
   const entry = (type, text = '') => page.locator(`#log li[data-type="${type}"]`, { hasText: text });
