@@ -17,6 +17,9 @@ from twisted.internet.task import LoopingCall
 
 # Entries a viewer may have waiting; past this they are skipped (and counted).
 MAX_QUEUED = 2000
+# In a cluster, a node with viewers says so at least this often; the others send it their
+# entries until they have not heard it for REMOTE_WATCH_SECONDS.
+REMOTE_WATCH_SECONDS = 3.0
 
 # Every entry type, for the console's checkboxes and the stream's documentation.
 TYPES = ("connection_opened", "connection_closed", "subscribed", "unsubscribed",
@@ -28,8 +31,15 @@ class ConsoleFeed:
     def __init__(self, clock, node: str):
         self._clock = clock
         self.node = node
-        self.watching = False
+        self.watching = False  # a viewer here, or on another node of the cluster
         self._viewers: list[Viewer] = []
+        # In a cluster: ``relay(entry)`` sends an entry to the other nodes (set by the engine).
+        self.relay: Callable[[dict], None] | None = None
+        self._remote_call = None  # while another node watches: when to stop sending it entries
+
+    @property
+    def has_viewers(self) -> bool:
+        return bool(self._viewers)
 
     def attach(self, viewer: "Viewer") -> None:
         self._viewers.append(viewer)
@@ -38,7 +48,28 @@ class ConsoleFeed:
     def detach(self, viewer: "Viewer") -> None:
         if viewer in self._viewers:
             self._viewers.remove(viewer)
-        self.watching = bool(self._viewers)
+        self._update_watching()
+
+    def _update_watching(self) -> None:
+        self.watching = bool(self._viewers) or self._remote_call is not None
+
+    def remote_watching(self) -> None:
+        """Another node of the cluster has viewers: send it entries for a few seconds more."""
+        if self._remote_call is not None and self._remote_call.active():
+            self._remote_call.reset(REMOTE_WATCH_SECONDS)
+        else:
+            self._remote_call = self._clock.callLater(REMOTE_WATCH_SECONDS, self._remote_gone)
+        self.watching = True
+
+    def _remote_gone(self) -> None:
+        self._remote_call = None
+        self._update_watching()
+
+    def remote_entry(self, entry: dict) -> None:
+        """An entry of another node, for the viewers here."""
+        if entry.get("node") != self.node:
+            for viewer in self._viewers:
+                viewer.offer(entry)
 
     def add(self, app_id: str, type: str, **details) -> None:
         """One entry; callers check ``watching`` first."""
@@ -47,6 +78,8 @@ class ConsoleFeed:
         entry.update(details)
         for viewer in self._viewers:
             viewer.offer(entry)
+        if self._remote_call is not None and self.relay is not None:
+            self.relay(entry)
 
 
 class Viewer:

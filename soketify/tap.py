@@ -91,8 +91,8 @@ class SoketifyService(service.MultiService):
             self.supervision.local_metrics = lambda: self.metrics.render().decode()
         self.worker = worker
         self._outbox_given, self._webhook_post = outbox, webhook_post
-        node = socket.gethostname() + (f"/worker-{worker.index}" if worker is not None else "")
-        self.feed = ConsoleFeed(reactor, node)
+        # Named so that two of one host's processes are told apart in a cluster's console.
+        self.feed = ConsoleFeed(reactor, f"{socket.gethostname()}/{os.getpid()}")
         self.outbox = None
         self.webhooks = None
         if worker is not None and worker.cluster is not None:
@@ -106,6 +106,8 @@ class SoketifyService(service.MultiService):
                        on_refusal=self.metrics.refused, feed=self.feed)
         self.metrics.watch_hub(self.hub)
         self.hub.delivered_in = self.metrics.publish_to_write.observe
+        if hasattr(self.cluster, "share_console"):
+            self.cluster.share_console(self.feed)
         self.cluster.round_trip = self.metrics.round_trips(
             "amp" if worker is not None and worker.cluster is not None else config.cluster.engine)
         self.sessions = Sessions(self.hub, config.limits, reactor)

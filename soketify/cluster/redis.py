@@ -67,6 +67,9 @@ class RedisCluster(service.Service):
 
     # Told how long each answered script took (metrics: cluster_round_trip_seconds).
     round_trip = staticmethod(lambda seconds: None)
+    # The debug console's entries (soketify.console_feed), shared with the other nodes through
+    # the control channel while a console anywhere watches; set by the service.
+    console = None
 
     def __init__(self, reactor, apps, limits: LimitsConfig, settings: ClusterConfig, grace: float):
         self._reactor = reactor
@@ -101,6 +104,18 @@ class RedisCluster(service.Service):
 
     def attach(self, listener) -> None:
         self._listener = listener
+
+    def share_console(self, feed) -> None:
+        """Make the debug console's entries cluster-wide: this node's go to the others while
+        some console watches there, and theirs reach the viewers here."""
+        self.console = feed
+
+        def relay(entry: dict) -> None:
+            if self._redis is not None:
+                text = json.dumps(entry, separators=(",", ":"), default=str)
+                self._redis.execute("PUBLISH", self._control, "C\n\n" + text).addErrback(
+                    self._log_failure, "console")
+        feed.relay = relay
 
     def reconfigure(self, apps, limits: LimitsConfig, grace: float) -> None:
         """A reload: new apps get their keys and counts, every app's flags are stored again (what
@@ -235,6 +250,10 @@ class RedisCluster(service.Service):
                 redis.transport.abortConnection()
             return succeed(None)
         self._beat_sent_at = now
+        if self.console is not None and self.console.has_viewers:
+            # Every node sends this node its console entries while it hears this.
+            redis.execute("PUBLISH", self._control, "W\n\n").addErrback(
+                self._log_failure, "console")
         sent = {app_id: self._connections[app_id] for app_id in self._counted}
         counts = [value for app_id, count in sent.items() for value in (self._app_keys[app_id], count)]
         beat = self._run(redis, scripts.HEARTBEAT, self._timeout_ms, *counts)
@@ -326,6 +345,13 @@ class RedisCluster(service.Service):
 
     def _on_control(self, message: str) -> None:
         kind, app_id, user_id = message.split("\n", 2)
+        if kind in ("W", "C"):
+            if self.console is not None:
+                if kind == "W":
+                    self.console.remote_watching()
+                else:  # an entry: JSON after the two newlines
+                    self.console.remote_entry(json.loads(user_id))
+            return
         if kind == "T":
             self._listener.terminate_user_here(app_id, user_id)
         else:
