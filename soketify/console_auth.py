@@ -11,6 +11,7 @@ import base64
 import getpass
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import sys
 
@@ -20,6 +21,24 @@ SESSION_SECONDS = 12 * 3600
 # After this many wrong passwords from one address, each next attempt waits 1 s, 2 s, 4 s ... 60 s.
 FREE_FAILURES = 3
 MAX_WAIT = 60.0
+
+
+MAX_SESSIONS = 1000
+MAX_SOURCES = 10000
+
+
+def _source(address: str) -> str:
+    """Whom wrong passwords are counted against: an IPv4 address, or an IPv6 /64 (one host
+    easily has a whole /64 to try from)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -60,6 +79,8 @@ class Sessions:
     def open(self) -> tuple[str, str]:
         """A new session: (its cookie value, its CSRF token)."""
         self._forget_expired()
+        while len(self._sessions) >= MAX_SESSIONS:  # the oldest go first
+            del self._sessions[next(iter(self._sessions))]
         session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self._sessions[session] = (csrf, self._clock.seconds() + SESSION_SECONDS)
         return session, csrf
@@ -74,22 +95,27 @@ class Sessions:
     def close(self, session: str | None) -> None:
         self._sessions.pop(session or "", None)
 
+    def close_all(self) -> None:
+        """The password changed: every browser signs in again."""
+        self._sessions.clear()
+
     def wait_before_trying(self, address: str) -> float:
         """Seconds this address must still wait before its next password attempt (0: none)."""
-        count, last = self._failures.get(address, (0, 0.0))
+        count, last = self._failures.get(_source(address), (0, 0.0))
         if count < FREE_FAILURES:
             return 0.0
         wait = min(MAX_WAIT, 2.0 ** (count - FREE_FAILURES))
         return max(0.0, last + wait - self._clock.seconds())
 
     def failed(self, address: str) -> None:
-        count, _ = self._failures.get(address, (0, 0.0))
-        if len(self._failures) > 10000:
-            self._failures.clear()  # a flood of addresses: start counting again
-        self._failures[address] = (count + 1, self._clock.seconds())
+        source = _source(address)
+        count, _ = self._failures.pop(source, (0, 0.0))
+        while len(self._failures) >= MAX_SOURCES:  # the least recently failed are forgotten
+            del self._failures[next(iter(self._failures))]
+        self._failures[source] = (count + 1, self._clock.seconds())
 
     def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
+        self._failures.pop(_source(address), None)
 
     def _forget_expired(self) -> None:
         now = self._clock.seconds()

@@ -88,8 +88,11 @@ class Viewer:
     unless ``paused`` (the reader is not reading); ``resume`` writes what waited."""
 
     def __init__(self, clock, write: Callable[[list[dict], int], None],
-                 apps: Iterable[str] | None = None, max_queued: int = MAX_QUEUED):
+                 apps: Iterable[str] | None = None, max_queued: int = MAX_QUEUED, stalled=None):
+        """``stalled``: (seconds, give_up()): a reader paused that long is given up on."""
         self._clock = clock
+        self._stalled = stalled
+        self._paused_at = None
         self._write = write
         self.apps = None if apps is None else frozenset(apps)
         self._queue: deque = deque()
@@ -103,6 +106,9 @@ class Viewer:
             return
         if len(self._queue) >= self._max_queued:
             self.skipped += 1
+            if (self._stalled is not None and self._paused_at is not None
+                    and self._clock.seconds() - self._paused_at >= self._stalled[0]):
+                self._stalled[1]()
             return
         self._queue.append(entry)
         if self._flush_call is None and not self.paused:
@@ -117,10 +123,13 @@ class Viewer:
         self._write(entries, skipped)
 
     def pause(self) -> None:
+        if not self.paused:
+            self._paused_at = self._clock.seconds()
         self.paused = True
 
     def resume(self) -> None:
         self.paused = False
+        self._paused_at = None
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(0, self.flush)
 
@@ -135,9 +144,11 @@ class Stats:
     """Connections and messages per second of each app over the last minutes, for the console's
     charts: the hub's own counters, read once a second (nothing is counted for this)."""
 
-    def __init__(self, clock, hub, seconds: int = 300):
+    def __init__(self, clock, hub, watched: Callable[[], bool], seconds: int = 300):
+        """Samples only while ``watched()`` (a console is attached): charts begin when one does."""
         self._clock = clock
         self._hub = hub
+        self._watched = watched
         self._samples: dict[str, deque] = {}
         self._seconds = seconds
         self._loop = LoopingCall(self.sample)
@@ -151,7 +162,12 @@ class Stats:
             self._loop.stop()
 
     def sample(self) -> None:
+        if not self._watched():
+            return
         now = round(self._clock.seconds())
+        current = {app.id for app in self._hub.apps}
+        for app_id in [a for a in self._samples if a not in current]:  # removed by a reload
+            del self._samples[app_id]
         for app in self._hub.apps:
             traffic = self._hub.traffic.get(app.id)
             if traffic is None:

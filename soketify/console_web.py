@@ -27,14 +27,15 @@ from http.cookies import SimpleCookie
 
 from klein import Klein
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.static import File
 from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
 from soketify.console_auth import Sessions, password_matches, token_matches
+from soketify.cluster.interfaces import ClusterUnavailable
 from soketify.console_feed import TYPES, Viewer
 from soketify.rest import ApiError
 
@@ -42,6 +43,20 @@ log = Logger()
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console_static")
 COOKIE = b"soketify_console"
+# The files /console/static/ serves (the page itself only at /console, with its headers).
+STATIC_FILES = {b"console.js": b"text/javascript; charset=utf-8",
+                b"console.css": b"text/css; charset=utf-8"}
+SECURITY_HEADERS = {
+    b"Content-Security-Policy": b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    b"X-Content-Type-Options": b"nosniff",
+    b"X-Frame-Options": b"DENY",
+    b"Referrer-Policy": b"no-referrer",
+}
+MAX_STREAMS = 32
+# A stream whose reader has not read for this long is closed (its entries were being skipped).
+STALLED_SECONDS = 60.0
+# Password checks (scrypt, on threads) under way at once; more are answered 429.
+MAX_CHECKS = 4
 
 
 class Refused(Exception):
@@ -85,6 +100,11 @@ class _Stream(Resource):
     def render_GET(self, request):
         return self._console.open_stream(request, self._app_ids)
 
+    def render_HEAD(self, request):  # a stream nobody reads would keep entries being built
+        request.setResponseCode(405)
+        request.setHeader(b"Allow", b"GET")
+        return b""
+
 
 class Console:
     app = Klein()
@@ -100,15 +120,25 @@ class Console:
         self.clock = clock
         self.open_to_all = development and not (settings.password or settings.password_hash)
         self.sessions = Sessions(clock)
+        self.streams: dict = {}  # open stream requests -> their viewers
+        self._checking = 0  # password checks under way
+        # Runs a password check off the reactor's thread (tests on a fake reactor run it inline).
+        self.run_check = deferToThread
 
     def resource(self):
         return self.app.resource()
 
     def reconfigure(self, settings) -> None:
-        """A reload's [console]: password, token and apps apply to the next request."""
-        self.settings = settings
+        """A reload's [console]: password, token and apps apply to the next request; a changed
+        password or token signs everyone out and ends the open streams."""
+        old, self.settings = self.settings, settings
         if settings.password or settings.password_hash:
             self.open_to_all = False
+        if (old.password, old.password_hash, old.api_token) != (
+                settings.password, settings.password_hash, settings.api_token):
+            self.sessions.close_all()
+            for request in list(self.streams):
+                request.loseConnection()
 
     # -- who is asking -------------------------------------------------------------------------
 
@@ -123,8 +153,22 @@ class Console:
         if not self._may_read(request):
             raise Refused(401, "Sign in, or send Authorization: Bearer <console.api_token>")
 
+    @staticmethod
+    def _check_same_origin(request) -> None:
+        """A POST of the page itself: JSON (which another site cannot send without a preflight),
+        and from this server's own origin when the browser says where it comes from."""
+        if (request.getHeader(b"content-type") or b"").split(b";")[0].strip() != b"application/json":
+            raise Refused(415, "Send Content-Type: application/json")
+        origin = request.getHeader(b"origin")
+        host = request.getHeader(b"host") or b""
+        if origin is not None and origin.split(b"://", 1)[-1] != host:
+            raise Refused(403, "Cross-origin requests are refused")
+        if request.getHeader(b"sec-fetch-site") not in (None, b"same-origin", b"none"):
+            raise Refused(403, "Cross-site requests are refused")
+
     def _check_action(self, request) -> None:
         """A signed-in browser's action: its session and the CSRF token of that session."""
+        self._check_same_origin(request)
         if self.open_to_all:
             return
         csrf = self.sessions.csrf_of(self._session(request))
@@ -157,34 +201,50 @@ class Console:
 
     # -- the page ------------------------------------------------------------------------------
 
-    @app.route("/console", methods=["GET"])
-    def page(self, request):
-        request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"Content-Security-Policy",
-                          b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        with open(os.path.join(STATIC, "index.html"), "rb") as f:
+    @staticmethod
+    def _serve(request, name: str, content_type: bytes) -> bytes:
+        for header, value in SECURITY_HEADERS.items():
+            request.setHeader(header, value)
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"Content-Type", content_type)
+        with open(os.path.join(STATIC, name), "rb") as f:
             return f.read()
 
-    @app.route("/console/static/", branch=True, methods=["GET"])
-    def static(self, request):
-        return File(STATIC)
+    @app.route("/console", methods=["GET"])
+    def page(self, request):
+        return self._serve(request, "index.html", b"text/html; charset=utf-8")
+
+    @app.route("/console/static/<string:name>", methods=["GET"])
+    def static(self, request, name):
+        content_type = STATIC_FILES.get(name.encode())
+        if content_type is None:
+            raise Refused(404, "No such file")
+        return self._serve(request, name, content_type)
 
     # -- sessions ------------------------------------------------------------------------------
 
     @app.route("/console/api/login", methods=["POST"])
-    def login(self, request):
-        address = request.getClientAddress().host if request.getClientAddress() else "?"
+    async def login(self, request):
+        self._check_same_origin(request)
+        address = str(getattr(request.getClientAddress(), "host", request.getClientAddress()))
         wait = self.sessions.wait_before_trying(address)
         if wait > 0:
             request.setHeader(b"Retry-After", b"%d" % (int(wait) + 1))
             raise Refused(429, f"Too many wrong passwords; try again in {wait:.0f} s")
         given = self._body(request).get("password")
-        if not self.open_to_all and not (isinstance(given, str) and password_matches(
-                given, self.settings.password, self.settings.password_hash)):
-            self.sessions.failed(address)
-            raise Refused(401, "Wrong password")
+        if not self.open_to_all:
+            if self._checking >= MAX_CHECKS:
+                raise Refused(429, "Too many sign-ins at once; try again in a second")
+            self._checking += 1
+            try:
+                # scrypt takes tens of milliseconds: not on the reactor's thread.
+                right = isinstance(given, str) and await self.run_check(
+                    password_matches, given, self.settings.password, self.settings.password_hash)
+            finally:
+                self._checking -= 1
+            if not right:
+                self.sessions.failed(address)
+                raise Refused(401, "Wrong password")
         self.sessions.succeeded(address)
         session, csrf = self.sessions.open()
         cookie = SimpleCookie()
@@ -207,9 +267,9 @@ class Console:
     @app.route("/console/api/session", methods=["GET"])
     def session(self, request):
         signed_in = self.open_to_all or self.sessions.csrf_of(self._session(request)) is not None
-        body = {"signed_in": signed_in, "password_needed": not self.open_to_all,
-                "node": self.feed.node}
+        body = {"signed_in": signed_in, "password_needed": not self.open_to_all}
         if signed_in:
+            body["node"] = self.feed.node
             body["csrf"] = "" if self.open_to_all else self.sessions.csrf_of(self._session(request))
             # Never a secret: ids and keys only.
             body["apps"] = [{"id": app.id, "key": app.key} for app in self.hub.apps
@@ -228,6 +288,10 @@ class Console:
         return _Stream(self, app_ids)
 
     def open_stream(self, request, app_ids: list[str]):
+        if len(self.streams) >= MAX_STREAMS:
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"application/json")
+            return json.dumps({"error": f"{MAX_STREAMS} console streams are open already"}).encode()
         request.setHeader(b"Content-Type", b"application/x-ndjson")
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
@@ -239,14 +303,16 @@ class Console:
                                          "node": self.feed.node, "type": "skipped",
                                          "count": skipped}))
             request.write(("\n".join(lines) + "\n").encode())
-        viewer = Viewer(self.clock, write, app_ids)
+        viewer = Viewer(self.clock, write, app_ids, stalled=(STALLED_SECONDS, request.loseConnection))
         self.feed.attach(viewer)
+        self.streams[request] = viewer
         request.registerProducer(_StreamProducer(viewer), True)
         # A first line at once: the reader knows it is connected (browsers buffer nothing then).
         request.write(json.dumps({"time": round(self.clock.seconds(), 3), "node": self.feed.node,
                                   "type": "stream_opened", "apps": app_ids}).encode() + b"\n")
 
         def gone(_):
+            self.streams.pop(request, None)
             self.feed.detach(viewer)
             viewer.close()
             if request.channel is not None:
@@ -331,6 +397,8 @@ class Console:
     def failed(self, request, failure):
         if isinstance(failure.value, ApiError):
             return _json(request, failure.value.status, {"error": failure.value.message})
+        if isinstance(failure.value, ClusterUnavailable):
+            return _json(request, 503, {"error": "The server cannot reach its cluster; try again"})
         if isinstance(failure.value, HTTPException):
             return _json(request, failure.value.code, {"error": failure.value.name})
         log.failure("Console request failed", failure)

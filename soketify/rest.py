@@ -246,7 +246,11 @@ class RestApi:
 
     def publish_from_console(self, app: AppConfig, event: object) -> None:
         """An event the debug console sends: checked and published as POST /events would."""
+        if not app.enabled:
+            raise ApiError(403, "App is disabled")
         event = self._event(event, "event", False, app)
+        self._within_rate(app, "backend_events_per_second", 1, "events")
+        self._require_cluster()
         self.hub.publish(app.id, event["channels"], event["name"], event["data"],
                          event.get("socket_id"))
 

@@ -124,7 +124,7 @@ class SoketifyService(service.MultiService):
         self.api = RestApi(self.hub, reactor, config.limits, self.unready_reason, self.metrics)
         self.stats = self.console = None
         if config.console.enabled:
-            self.stats = Stats(reactor, self.hub)
+            self.stats = Stats(reactor, self.hub, lambda: self.feed.has_viewers)
             self.console = Console(config.console, self.hub, self.api, self.feed, self.stats,
                                    reactor, config.is_development_default)
         self.site = ApiSite(self.api.resource(self.console and self.console.resource()),
@@ -325,7 +325,16 @@ def listen_problems(config: Config) -> list[str]:
 
 def config_problems(config: Config) -> list[str]:
     """What a start-up (or a reload) refuses beyond the file's own rules."""
-    return [problem for problem in (state_dir_problem(config), workers_problem(config)) if problem]
+    return [problem for problem in (state_dir_problem(config), workers_problem(config),
+                                    console_problem(config)) if problem]
+
+
+def console_problem(config: Config) -> str | None:
+    """Each worker would hold its own console sessions and entries: not yet."""
+    if config.console.enabled and config.server.worker_count > 1:
+        return (f"{config.source}: console.enabled: the debug console needs workers = 1 for now "
+                "(with workers, sign-ins and entries are not shared between them)")
+    return None
 
 
 def state_dir_problem(config: Config) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, succeed
@@ -53,6 +54,17 @@ class NoCounts:
 
     def webhook_dropped(self, app_id: str, count: int) -> None:
         pass
+
+
+def shown_url(url: str) -> str:
+    """A target's URL as the console shows it: without user:password@ or a ?query (either may
+    hold a secret)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def failures_log(clock) -> Summarised:
@@ -171,7 +183,7 @@ class Target:
 
     def _report(self, outcome: str, batch, attempt: int, **details) -> None:
         if self._feed is not None and self._feed.watching:
-            self._feed.add(self.app.id, "webhook", outcome=outcome, target=self.webhook.url,
+            self._feed.add(self.app.id, "webhook", outcome=outcome, target=shown_url(self.webhook.url),
                            attempt=attempt + 1, events=len(batch), **details)
 
     def _done(self, batch) -> None:

@@ -4,6 +4,7 @@ scripts, the inspector and the actions, on the real service with in-memory conne
 import json
 from http.cookies import SimpleCookie
 
+from twisted.internet.defer import succeed
 from twisted.trial import unittest
 
 from soketify import signing
@@ -11,11 +12,15 @@ from soketify.console_auth import hash_password, password_matches
 from tests.support import APP, HttpClient, HttpResponse, Rig, make_config
 
 TOKEN = "t" * 24
+JSON = {"Content-Type": "application/json"}
 
 
 def console_rig(test_case, **console):
     settings = dict({"enabled": True, "password": "s3cret", "api_token": TOKEN}, **console)
-    return Rig(test_case, make_config(console=settings))
+    rig = Rig(test_case, make_config(console=settings))
+    # scrypt runs on a thread in the daemon; inline here, where the reactor is a fake one.
+    rig.service.console.run_check = lambda check, *args: succeed(check(*args))
+    return rig
 
 
 class Stream:
@@ -38,7 +43,7 @@ class Stream:
 
 
 def sign_in(rig, password="s3cret"):
-    answer = rig.http("POST", "/console/api/login", json.dumps({"password": password}).encode())
+    answer = rig.http("POST", "/console/api/login", json.dumps({"password": password}).encode(), JSON)
     cookie = SimpleCookie(answer.headers.get("set-cookie", ""))
     return answer, cookie
 
@@ -62,7 +67,7 @@ class AuthTests(unittest.TestCase):
         self.assertEqual(morsel["samesite"], "Strict")
         self.assertEqual(morsel["path"], "/console")
         csrf = answer.json()["csrf"]
-        session = {"Cookie": f"soketify_console={morsel.value}"}
+        session = dict(JSON, Cookie=f"soketify_console={morsel.value}")
         body = json.dumps({"app": "app-id", "channels": ["news"], "name": "e", "data": "x"}).encode()
         # An action needs the session's CSRF token too.
         self.assertEqual(rig.http("POST", "/console/api/trigger", body, session).status, 403)
@@ -70,7 +75,7 @@ class AuthTests(unittest.TestCase):
                                   dict(session, **{"X-CSRF-Token": csrf})).status, 200)
         # The token alone (a script) may read but not act.
         self.assertEqual(rig.http("POST", "/console/api/trigger", body,
-                                  {"Authorization": f"Bearer {TOKEN}"}).status, 401)
+                                  dict(JSON, Authorization=f"Bearer {TOKEN}")).status, 401)
 
     def test_wrong_passwords_are_refused_and_slow_the_next_attempts(self):
         rig = console_rig(self)
@@ -172,11 +177,11 @@ class InspectorAndActionTests(unittest.TestCase):
         client.subscribe("news")
         body = json.dumps({"app": "app-id", "channels": ["news"], "name": "from-console",
                            "data": "{\"a\":1}"}).encode()
-        self.assertEqual(rig.http("POST", "/console/api/trigger", body).status, 200)
+        self.assertEqual(rig.http("POST", "/console/api/trigger", body, JSON).status, 200)
         self.assertEqual(client.next_event()["event"], "from-console")
         too_big = json.dumps({"app": "app-id", "channels": ["news"], "name": "e",
                               "data": "x" * 20000}).encode()
-        answer = rig.http("POST", "/console/api/trigger", too_big)
+        answer = rig.http("POST", "/console/api/trigger", too_big, JSON)
         self.assertEqual(answer.status, 413)
         self.assertIn("error", answer.json())
         user_data = '{"id":"u1"}'
@@ -186,7 +191,7 @@ class InspectorAndActionTests(unittest.TestCase):
         user = rig.http("GET", "/console/api/user?app=app-id&user_id=u1").json()
         self.assertEqual([c["socket_id"] for c in user["connections"]], [client.socket_id])
         answer = rig.http("POST", "/console/api/terminate",
-                          json.dumps({"app": "app-id", "user_id": "u1"}).encode())
+                          json.dumps({"app": "app-id", "user_id": "u1"}).encode(), JSON)
         self.assertEqual(answer.status, 200)
         client.events()
         self.assertEqual(client.close_code, 4009)
@@ -197,3 +202,65 @@ class InspectorAndActionTests(unittest.TestCase):
         rig.service.console.open_to_all = True
         self.assertEqual(rig.http("GET", "/console/api/channels?app=app-id").status, 404)
         self.assertEqual(rig.http("GET", "/console/api/channels?app=b").status, 200)
+
+
+class BrowserGuardTests(unittest.TestCase):
+    """What keeps other sites and other uses out, with or without a password."""
+
+    def open_rig(self):
+        rig = Rig(self, make_config(console={"enabled": True, "password": "p"}))
+        rig.service.console.open_to_all = True  # as the development default: no password
+        return rig
+
+    def test_actions_need_json_from_this_origin_even_without_a_password(self):
+        rig = self.open_rig()
+        body = json.dumps({"app": "app-id", "channels": ["x"], "name": "e", "data": "d"}).encode()
+        # What a form on another site can send without asking first.
+        self.assertEqual(rig.http("POST", "/console/api/trigger", body,
+                                  {"Content-Type": "text/plain"}).status, 415)
+        self.assertEqual(rig.http("POST", "/console/api/trigger", body,
+                                  dict(JSON, Origin="https://evil.example")).status, 403)
+        self.assertEqual(rig.http("POST", "/console/api/trigger", body,
+                                  dict(JSON, **{"Sec-Fetch-Site": "cross-site"})).status, 403)
+        self.assertEqual(rig.http("POST", "/console/api/trigger", body,
+                                  dict(JSON, Origin="http://localhost")).status, 200)
+
+    def test_only_the_page_and_its_two_files_are_served_with_their_headers(self):
+        rig = self.open_rig()
+        page = rig.http("GET", "/console")
+        self.assertEqual(page.status, 200)
+        self.assertIn("frame-ancestors 'none'", page.headers["content-security-policy"])
+        script = rig.http("GET", "/console/static/console.js")
+        self.assertEqual((script.status, script.headers["x-content-type-options"]), (200, "nosniff"))
+        for path in ("/console/static/", "/console/static/index.html", "/console/static/../tap.py"):
+            self.assertEqual(rig.http("GET", path).status, 404, path)
+
+    def test_a_head_request_does_not_open_a_stream(self):
+        rig = self.open_rig()
+        self.assertEqual(rig.http("HEAD", "/console/api/stream").status, 405)
+        self.assertFalse(rig.hub.feed.watching)
+
+    def test_a_changed_password_signs_everyone_out(self):
+        rig = console_rig(self)
+        _, cookie = sign_in(rig)
+        session = {"Cookie": f"soketify_console={cookie['soketify_console'].value}"}
+        self.assertTrue(rig.http("GET", "/console/api/session", headers=session).json()["signed_in"])
+        stream = Stream(rig, headers=session)
+        from dataclasses import replace
+        console = rig.service.console
+        console.reconfigure(replace(console.settings, password="new one"))
+        rig.advance(0.1)
+        self.assertFalse(rig.http("GET", "/console/api/session", headers=session).json()["signed_in"])
+        self.assertFalse(rig.hub.feed.watching)
+        stream.close()
+
+    def test_webhook_targets_are_shown_without_credentials_or_query(self):
+        from soketify.webhooks import shown_url
+        self.assertEqual(shown_url("https://user:pw@hooks.example:8443/p?token=s"),
+                         "https://hooks.example:8443/p")
+        self.assertEqual(shown_url("http://[::1]:9/x"), "http://[::1]:9/x")
+
+    def test_the_console_needs_one_worker_for_now(self):
+        from soketify.tap import console_problem
+        config = make_config(server={"workers": 2}, console={"enabled": True, "password": "p"})
+        self.assertIn("needs workers = 1", console_problem(config))

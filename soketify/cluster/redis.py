@@ -61,6 +61,9 @@ def app_key(prefix: str, app_id: str) -> str:
     return f"{prefix}:a{len(app_id)}:{app_id}"
 
 
+# Console entries one node sends the others per reactor turn at most; more are not sent.
+CONSOLE_RELAY_PER_TURN = 200
+
 @implementer(ICluster)
 class RedisCluster(service.Service):
     name = "cluster"
@@ -109,12 +112,23 @@ class RedisCluster(service.Service):
         """Make the debug console's entries cluster-wide: this node's go to the others while
         some console watches there, and theirs reach the viewers here."""
         self.console = feed
+        waiting: list[str] = []
+
+        def send() -> None:
+            lines = list(waiting)
+            waiting.clear()
+            if self._redis is not None and lines:
+                self._redis.execute("PUBLISH", self._control, "C\n\n" + "\n".join(lines)
+                                    ).addErrback(self._log_failure, "console")
 
         def relay(entry: dict) -> None:
-            if self._redis is not None:
-                text = json.dumps(entry, separators=(",", ":"), default=str)
-                self._redis.execute("PUBLISH", self._control, "C\n\n" + text).addErrback(
-                    self._log_failure, "console")
+            # One message per reactor turn, at most CONSOLE_RELAY_PER_TURN entries: a console
+            # must not crowd out the cluster's own traffic on the one connection.
+            if len(waiting) >= CONSOLE_RELAY_PER_TURN:
+                return
+            if not waiting:
+                self._reactor.callLater(0, send)
+            waiting.append(json.dumps(entry, separators=(",", ":"), default=str))
         feed.relay = relay
 
     def reconfigure(self, apps, limits: LimitsConfig, grace: float) -> None:
@@ -251,8 +265,8 @@ class RedisCluster(service.Service):
             return succeed(None)
         self._beat_sent_at = now
         if self.console is not None and self.console.has_viewers:
-            # Every node sends this node its console entries while it hears this.
-            redis.execute("PUBLISH", self._control, "W\n\n").addErrback(
+            # Every other node sends this node its console entries while it hears this.
+            redis.execute("PUBLISH", self._control, f"W\n{self.console.node}\n").addErrback(
                 self._log_failure, "console")
         sent = {app_id: self._connections[app_id] for app_id in self._counted}
         counts = [value for app_id, count in sent.items() for value in (self._app_keys[app_id], count)]
@@ -346,11 +360,15 @@ class RedisCluster(service.Service):
     def _on_control(self, message: str) -> None:
         kind, app_id, user_id = message.split("\n", 2)
         if kind in ("W", "C"):
-            if self.console is not None:
-                if kind == "W":
-                    self.console.remote_watching()
-                else:  # an entry: JSON after the two newlines
-                    self.console.remote_entry(json.loads(user_id))
+            console = self.console
+            if console is None:
+                return
+            if kind == "W":  # (app_id holds the watching node's name)
+                if app_id != console.node:
+                    console.remote_watching()
+            elif console.has_viewers:  # entries of one turn of another node, as JSON lines
+                for line in user_id.split("\n"):
+                    console.remote_entry(json.loads(line))
             return
         if kind == "T":
             self._listener.terminate_user_here(app_id, user_id)

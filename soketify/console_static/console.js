@@ -30,6 +30,7 @@ async function start() {
   }
   state.csrf = session.csrf;
   state.types = session.types;
+  $('logout').hidden = !session.password_needed;
   $('login').hidden = true;
   $('console').hidden = false;
   const select = $('app');
@@ -66,6 +67,7 @@ async function openStream() {
   try {
     const res = await fetch(`/console/api/stream?app=${encodeURIComponent(state.app)}`,
       { credentials: 'same-origin', signal: controller.signal });
+    if (res.status === 401) { signedOut(); return; }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     $('connection-state').textContent = 'live';
     const reader = res.body.getReader();
@@ -89,6 +91,20 @@ async function openStream() {
   }
   if (!controller.signal.aborted) setTimeout(openStream, 2000);
 }
+
+function signedOut() {
+  if (state.stream) state.stream.abort();
+  state.stream = null;
+  $('console').hidden = true;
+  $('logout').hidden = true;
+  $('login').hidden = false;
+  $('connection-state').textContent = 'signed out';
+}
+
+$('logout').addEventListener('click', async () => {
+  await api('/console/api/logout', { method: 'POST', body: '{}' }).catch(() => {});
+  signedOut();
+});
 
 function receive(entry) {
   if (entry.type === 'stream_opened') return;
@@ -207,14 +223,25 @@ $('ev-send').addEventListener('click', () => {
 // -- the inspector -----------------------------------------------------------------------------
 
 async function refreshChannels() {
-  const { channels } = await api(`/console/api/channels?app=${encodeURIComponent(state.app)}`);
+  if (!state.app) return;
+  let channels;
+  try {
+    ({ channels } = await api(`/console/api/channels?app=${encodeURIComponent(state.app)}`));
+  } catch (err) {
+    $('channel-detail').textContent = err.message;
+    return;
+  }
   $('channels').replaceChildren(...channels.map((channel) => {
     const li = document.createElement('li');
     li.textContent = `${channel.name}  (${channel.subscription_count}${channel.user_count == null ? '' : `, ${channel.user_count} users`})`;
     li.dataset.channel = channel.name;
     li.addEventListener('click', async () => {
-      const detail = await api(`/console/api/channel?app=${encodeURIComponent(state.app)}&channel=${encodeURIComponent(channel.name)}`);
-      $('channel-detail').textContent = JSON.stringify(detail, null, 2);
+      try {
+        const detail = await api(`/console/api/channel?app=${encodeURIComponent(state.app)}&channel=${encodeURIComponent(channel.name)}`);
+        $('channel-detail').textContent = JSON.stringify(detail, null, 2);
+      } catch (err) {
+        $('channel-detail').textContent = err.message;
+      }
     });
     return li;
   }));
@@ -222,8 +249,12 @@ async function refreshChannels() {
 $('refresh-channels').addEventListener('click', refreshChannels);
 
 $('user-lookup').addEventListener('click', async () => {
-  const user = await api(`/console/api/user?app=${encodeURIComponent(state.app)}&user_id=${encodeURIComponent($('user-id').value)}`);
-  $('user-detail').textContent = JSON.stringify(user, null, 2);
+  try {
+    const user = await api(`/console/api/user?app=${encodeURIComponent(state.app)}&user_id=${encodeURIComponent($('user-id').value)}`);
+    $('user-detail').textContent = JSON.stringify(user, null, 2);
+  } catch (err) {
+    $('user-detail').textContent = err.message;
+  }
 });
 $('terminate').addEventListener('click', async () => {
   try {
