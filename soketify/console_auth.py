@@ -69,35 +69,57 @@ def token_matches(header: bytes | None, token: str) -> bool:
 
 
 class Sessions:
-    """Signed-in browsers: session id -> (CSRF token, expiry); and wrong passwords per address."""
+    """Signed-in browsers, and wrong passwords per address.
 
-    def __init__(self, clock):
+    A session is a signed cookie value (expiry, nonce, HMAC), not a record: every worker of a host
+    checks it with the same key, so a browser signed in on one worker is signed in on all. The key
+    is derived from the host's key and the password, so a new password signs everyone out."""
+
+    def __init__(self, clock, key: bytes | None = None, secret: str = ""):
+        """``key``: the host's session key (the supervisor's, shared by its workers); ``secret``:
+        what changes the key when it changes (the password or its hash)."""
         self._clock = clock
-        self._sessions: dict[str, tuple[str, float]] = {}
+        self._host_key = key or secrets.token_bytes(32)
+        self._key = b""
+        self.rekey(secret)
+        self._revoked: dict[str, float] = {}  # signed out here: value -> expiry
         self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, last at)
+
+    def rekey(self, secret: str) -> None:
+        """The password changed: every session so far is void."""
+        self._key = hmac.new(self._host_key, b"console\0" + secret.encode(), hashlib.sha256).digest()
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
 
     def open(self) -> tuple[str, str]:
         """A new session: (its cookie value, its CSRF token)."""
-        self._forget_expired()
-        while len(self._sessions) >= MAX_SESSIONS:  # the oldest go first
-            del self._sessions[next(iter(self._sessions))]
-        session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        self._sessions[session] = (csrf, self._clock.seconds() + SESSION_SECONDS)
-        return session, csrf
+        body = f"{int(self._clock.seconds() + SESSION_SECONDS)}.{secrets.token_urlsafe(16)}"
+        session = f"{body}.{self._sign(body)}"
+        return session, self._csrf(session)
+
+    def _csrf(self, session: str) -> str:
+        return self._sign("csrf\0" + session)[:32]
 
     def csrf_of(self, session: str | None) -> str | None:
-        """The CSRF token of a live session, or None."""
-        found = self._sessions.get(session or "")
-        if found is None or found[1] < self._clock.seconds():
+        """The CSRF token of a valid, unexpired session, or None."""
+        body, _, signature = (session or "").rpartition(".")
+        expiry = body.partition(".")[0]
+        if not body or not expiry.isdigit() or not hmac.compare_digest(signature, self._sign(body)):
             return None
-        return found[0]
+        if int(expiry) < self._clock.seconds() or session in self._revoked:
+            return None
+        return self._csrf(session)
 
     def close(self, session: str | None) -> None:
-        self._sessions.pop(session or "", None)
-
-    def close_all(self) -> None:
-        """The password changed: every browser signs in again."""
-        self._sessions.clear()
+        """Signed out (here: the browser forgets its cookie too)."""
+        if self.csrf_of(session) is None:
+            return
+        now = self._clock.seconds()
+        for gone in [s for s, expiry in self._revoked.items() if expiry < now]:
+            del self._revoked[gone]
+        if len(self._revoked) < MAX_SESSIONS:
+            self._revoked[session] = int(session.partition(".")[0])
 
     def wait_before_trying(self, address: str) -> float:
         """Seconds this address must still wait before its next password attempt (0: none)."""
@@ -117,10 +139,6 @@ class Sessions:
     def succeeded(self, address: str) -> None:
         self._failures.pop(_source(address), None)
 
-    def _forget_expired(self) -> None:
-        now = self._clock.seconds()
-        for session in [s for s, (_, expiry) in self._sessions.items() if expiry < now]:
-            del self._sessions[session]
 
 
 def main() -> int:

@@ -109,9 +109,11 @@ class _Stream(Resource):
 class Console:
     app = Klein()
 
-    def __init__(self, settings, hub, api, feed, stats, clock, development: bool):
+    def __init__(self, settings, hub, api, feed, stats, clock, development: bool,
+                 session_key: bytes | None = None):
         """``settings``: ConsoleConfig; ``api``: the RestApi (triggers take its path);
-        ``development``: no config file, so no password is asked."""
+        ``development``: no config file, so no password is asked; ``session_key``: the host's
+        (shared by a supervisor's workers, so that a session is valid on each)."""
         self.settings = settings
         self.hub = hub
         self.api = api
@@ -119,7 +121,7 @@ class Console:
         self.stats = stats
         self.clock = clock
         self.open_to_all = development and not (settings.password or settings.password_hash)
-        self.sessions = Sessions(clock)
+        self.sessions = Sessions(clock, session_key, settings.password_hash or settings.password)
         self.streams: dict = {}  # open stream requests -> their viewers
         self._checking = 0  # password checks under way
         # Runs a password check off the reactor's thread (tests on a fake reactor run it inline).
@@ -134,9 +136,10 @@ class Console:
         old, self.settings = self.settings, settings
         if settings.password or settings.password_hash:
             self.open_to_all = False
+        if (old.password, old.password_hash) != (settings.password, settings.password_hash):
+            self.sessions.rekey(settings.password_hash or settings.password)
         if (old.password, old.password_hash, old.api_token) != (
                 settings.password, settings.password_hash, settings.api_token):
-            self.sessions.close_all()
             for request in list(self.streams):
                 request.loseConnection()
 

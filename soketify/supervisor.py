@@ -10,6 +10,7 @@ that replaces it) and the supervisor only supervises. The supervisor never accep
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import sys
 
@@ -75,9 +76,11 @@ class SupervisorService(service.Service):
         self.outbox = None
         self.webhooks = NoWebhooks()
         self._make_webhooks(config)
+        # Every worker signs and checks debug-console sessions with it.
+        self.console_key = secrets.token_bytes(32)
         self.host = AmpHost(reactor, config.apps, config.limits, config.webhooks.grace, self.webhooks,
                             self.wanted, metrics=lambda: succeed(self.metrics.render().decode()),
-                            worker_config=config.as_document())
+                            worker_config=self.worker_config(config))
         self._liveness = LoopingCall(self.check_liveness)
         self._liveness.clock = reactor
         self.processes: dict[int, WorkerProcess] = {}
@@ -108,7 +111,11 @@ class SupervisorService(service.Service):
         elif self.outbox is not None:
             self.webhooks.reconfigure(config.apps, config.webhooks)
         return self.host.reconfigure(config.apps, config.limits, config.webhooks.grace,
-                                     config.as_document())
+                                     self.worker_config(config))
+
+    def worker_config(self, config) -> dict:
+        """What each worker serves (Hello's and Reload's answer): the config and the console key."""
+        return dict(config.as_document(), console_key=self.console_key.hex())
 
     def startService(self):
         super().startService()

@@ -75,7 +75,8 @@ class Options(usage.Options):
 class SoketifyService(service.MultiService):
     """The listeners plus graceful stop: refuse new work, move every client (4200), then stop."""
 
-    def __init__(self, config: Config, reactor, webhook_post=None, outbox=None, worker=None):
+    def __init__(self, config: Config, reactor, webhook_post=None, outbox=None, worker=None,
+                 console_key: bytes | None = None):
         """``webhook_post`` and ``outbox`` replace treq and the SQLite file thread in tests.
         ``worker`` (a ``worker.WorkerRole``): this process is one of a supervisor's workers."""
         super().__init__()
@@ -126,7 +127,7 @@ class SoketifyService(service.MultiService):
         if config.console.enabled:
             self.stats = Stats(reactor, self.hub, lambda: self.feed.has_viewers)
             self.console = Console(config.console, self.hub, self.api, self.feed, self.stats,
-                                   reactor, config.is_development_default)
+                                   reactor, config.is_development_default, console_key)
         self.site = ApiSite(self.api.resource(self.console and self.console.resource()),
                             config.limits.max_request_body_bytes, reactor=reactor,
                             counted=self.api.count_request)
@@ -330,10 +331,12 @@ def config_problems(config: Config) -> list[str]:
 
 
 def console_problem(config: Config) -> str | None:
-    """Each worker would hold its own console sessions and entries: not yet."""
-    if config.console.enabled and config.server.worker_count > 1:
-        return (f"{config.source}: console.enabled: the debug console needs workers = 1 for now "
-                "(with workers, sign-ins and entries are not shared between them)")
+    """With the local engine, workers share no console entries yet."""
+    if (config.console.enabled and config.server.worker_count > 1
+            and config.cluster.engine == "local"):
+        return (f"{config.source}: console.enabled: with workers the debug console needs "
+                'engine = "redis" for now (the local engine shares no console entries between '
+                "workers)")
     return None
 
 

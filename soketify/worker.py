@@ -86,7 +86,9 @@ def main(argv=None) -> int:
             return stop(EXIT_CONFIG)
         logs.configure(config.log.format, config.log.level)
         cluster = AmpCluster(config.apps, supervision) if config.cluster.engine == "local" else None
-        server = SoketifyService(config, reactor, worker=WorkerRole(args.index, supervision, cluster))
+        key = supervision.config.get("console_key")
+        server = SoketifyService(config, reactor, worker=WorkerRole(args.index, supervision, cluster),
+                                 console_key=bytes.fromhex(key) if key else None)
         # A reload reaches workers from the supervisor, which read and checked the file.
         supervision.apply_config = lambda sent: server.apply(from_document(sent))
         server.startService()

@@ -260,7 +260,26 @@ class BrowserGuardTests(unittest.TestCase):
                          "https://hooks.example:8443/p")
         self.assertEqual(shown_url("http://[::1]:9/x"), "http://[::1]:9/x")
 
-    def test_the_console_needs_one_worker_for_now(self):
+    def test_with_workers_the_console_needs_the_redis_engine_for_now(self):
         from soketify.tap import console_problem
         config = make_config(server={"workers": 2}, console={"enabled": True, "password": "p"})
-        self.assertIn("needs workers = 1", console_problem(config))
+        self.assertIn('needs engine = "redis"', console_problem(config))
+        redis = make_config(server={"workers": 2}, cluster={"engine": "redis"},
+                            console={"enabled": True, "password": "p"})
+        self.assertIsNone(console_problem(redis))
+
+    def test_a_session_is_valid_on_every_worker_of_the_host_and_nowhere_else(self):
+        """Workers share the supervisor's key: a cookie signed on one is valid on another."""
+        from twisted.internet.task import Clock
+        from soketify.console_auth import Sessions
+        clock = Clock()
+        key = b"k" * 32
+        one, two, elsewhere = Sessions(clock, key, "pw"), Sessions(clock, key, "pw"), Sessions(clock)
+        session, csrf = one.open()
+        self.assertEqual(two.csrf_of(session), csrf)
+        self.assertIsNone(elsewhere.csrf_of(session))
+        self.assertIsNone(two.csrf_of(session[:-1] + ("0" if session[-1] != "0" else "1")))
+        two.rekey("new password")
+        self.assertIsNone(two.csrf_of(session))
+        clock.advance(13 * 3600)
+        self.assertIsNone(one.csrf_of(session))

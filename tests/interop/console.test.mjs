@@ -15,10 +15,14 @@ import {
   APP,
   Daemon,
   REPO_ROOT,
+  RedisServer,
   appConfig,
   connectPusherJs,
+  delay,
   disconnectPusherJs,
+  pollUntil,
   pusherJsErrorCode,
+  redisCluster,
   sdkAuthOptions,
   signInPusherJs,
   subscribePusherJs,
@@ -156,5 +160,81 @@ describe('debug console in a real browser', { skip: !fs.existsSync(CHROMIUM) && 
     await page.click('#terminate');
     await watch.errors.waitFor((e) => pusherJsErrorCode(e) === 4009, { what: 'pusher-js error 4009' });
     await entry('connection_closed', 'code=4009').waitFor();
+  });
+});
+
+describe('debug console with two workers on the Redis engine', () => {
+  let redis;
+  let daemon;
+  const clients = [];
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-console-workers-'));
+  const TOKEN = 'console-token-for-scripts-0123';
+
+  before(async () => {
+    redis = await RedisServer.start();
+    daemon = await Daemon.start({
+      server: { workers: 2 },
+      cluster: redisCluster(redis, { prefix: 'console-workers' }),
+      console: { enabled: true, password: PASSWORD, api_token: TOKEN },
+      stateDir,
+    });
+  });
+
+  after(async () => {
+    for (const c of clients) disconnectPusherJs(c);
+    if (daemon) await daemon.stop();
+    if (redis) await redis.stop();
+    fs.rmSync(stateDir, { recursive: true, force: true });
+  });
+
+  /** A request on a new TCP connection each time: the kernel spreads them over the workers. */
+  const fresh = (url, options = {}) => fetch(url, { ...options, headers: { Connection: 'close', ...(options.headers || {}) } });
+
+  it('a browser signed in on one worker is signed in on every worker', async () => {
+    const login = await fresh(`${daemon.baseUrl}/console/api/login`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ password: PASSWORD }),
+    });
+    assert.equal(login.status, 200);
+    const cookie = login.headers.get('set-cookie').split(';')[0];
+    const nodes = new Set();
+    for (let i = 0; i < 12; i += 1) {
+      const session = await (await fresh(`${daemon.baseUrl}/console/api/session`, { headers: { Cookie: cookie } })).json();
+      assert.equal(session.signed_in, true);
+      nodes.add(session.node);
+    }
+    assert.equal(nodes.size, 2, `answered by ${[...nodes]}`);
+  });
+
+  it('one stream sees the clients of both workers, each entry marked with its worker', async () => {
+    const controller = new AbortController();
+    const res = await fetch(`${daemon.baseUrl}/console/api/stream`, {
+      headers: { Authorization: `Bearer ${TOKEN}` }, signal: controller.signal,
+    });
+    assert.equal(res.status, 200);
+    const opened = new Map(); // socket id -> node
+    const reading = (async () => {
+      const decoder = new TextDecoder();
+      let buffered = '';
+      for await (const chunk of res.body) {
+        buffered += decoder.decode(chunk, { stream: true });
+        let nl;
+        while ((nl = buffered.indexOf('\n')) >= 0) {
+          const entry = JSON.parse(buffered.slice(0, nl));
+          buffered = buffered.slice(nl + 1);
+          if (entry.type === 'connection_opened') opened.set(entry.socket_id, entry.node);
+        }
+      }
+    })().catch(() => {});
+    await delay(2500); // the other worker hears that a console watches (each heartbeat)
+    const ids = [];
+    for (let i = 0; i < 8; i += 1) {
+      const client = await connectPusherJs(daemon);
+      clients.push(client);
+      ids.push(client.connection.socket_id);
+    }
+    await pollUntil(() => ids.every((id) => opened.has(id)), { timeout: 10000, what: 'every connection_opened in the stream' });
+    assert.equal(new Set(ids.map((id) => opened.get(id))).size, 2, 'entries from both workers');
+    controller.abort();
+    await reading;
   });
 });
