@@ -107,8 +107,8 @@ class SoketifyService(service.MultiService):
                        on_refusal=self.metrics.refused, feed=self.feed)
         self.metrics.watch_hub(self.hub)
         self.hub.delivered_in = self.metrics.publish_to_write.observe
-        if hasattr(self.cluster, "share_console"):
-            self.cluster.share_console(self.feed)
+        if hasattr(self.cluster, "share_console"):  # the engines of more than one process
+            self.cluster.share_console(self.feed, reactor)
         self.cluster.round_trip = self.metrics.round_trips(
             "amp" if worker is not None and worker.cluster is not None else config.cluster.engine)
         self.sessions = Sessions(self.hub, config.limits, reactor)
@@ -326,18 +326,7 @@ def listen_problems(config: Config) -> list[str]:
 
 def config_problems(config: Config) -> list[str]:
     """What a start-up (or a reload) refuses beyond the file's own rules."""
-    return [problem for problem in (state_dir_problem(config), workers_problem(config),
-                                    console_problem(config)) if problem]
-
-
-def console_problem(config: Config) -> str | None:
-    """With the local engine, workers share no console entries yet."""
-    if (config.console.enabled and config.server.worker_count > 1
-            and config.cluster.engine == "local"):
-        return (f"{config.source}: console.enabled: with workers the debug console needs "
-                'engine = "redis" for now (the local engine shares no console entries between '
-                "workers)")
-    return None
+    return [problem for problem in (state_dir_problem(config), workers_problem(config)) if problem]
 
 
 def state_dir_problem(config: Config) -> str | None:

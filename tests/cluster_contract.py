@@ -122,6 +122,28 @@ class NodesOnTheReactor:
             for node in {id(n): n for n in nodes}.values():
                 yield node.cluster.sync()
 
+    async def _console_across_nodes(self):
+        """Entries of every node reach a console on any node, marked with their node; a node
+        stops sending once nobody watches anywhere."""
+        from soketify.console_feed import ConsoleFeed, Viewer
+        a, b = await self._start_nodes(2)
+        feeds = {}
+        for name, node in (("a", a), ("b", b)):
+            feeds[name] = ConsoleFeed(reactor, name)
+            node.cluster.share_console(feeds[name], reactor)
+        self.assertFalse(feeds["b"].watching)
+        seen = []
+        viewer = Viewer(reactor, lambda entries, skipped: seen.extend(entries))
+        feeds["a"].attach(viewer)
+        await wait_until(lambda: feeds["b"].watching, "b to learn a console watches", 5)
+        self.assertFalse(feeds["a"]._remote_call, "a does not answer its own watching")
+        feeds["b"].add(APP.id, "api_message", event="on-b")
+        feeds["a"].add(APP.id, "api_message", event="on-a")
+        await wait_until(lambda: len(seen) == 2, "both entries at a's viewer", 5)
+        self.assertEqual(sorted((e["node"], e["event"]) for e in seen), [("a", "on-a"), ("b", "on-b")])
+        feeds["a"].detach(viewer)
+        await wait_until(lambda: not feeds["b"].watching, "b to stop sending", 6)
+
     async def _round_trips_timed(self):
         """Each call the engine gets an answer to is timed (cluster_round_trip_seconds)."""
         [node] = await self._start_nodes(1)

@@ -82,6 +82,10 @@ class AmpClusterContractTests(AmpNodes, ClusterContract, unittest.TestCase):
 
 
 class AmpWorkerTests(AmpNodes, unittest.TestCase):
+    def test_a_console_on_one_worker_shows_entries_of_every_worker(self):
+        """Issue 12: through the supervisor, marked with their worker."""
+        return ensureDeferred(self._console_across_nodes())
+
     def test_each_answered_call_is_timed_for_metrics(self):
         """cluster_round_trip_seconds{engine="amp"} is told of every call the supervisor answers."""
         return ensureDeferred(self._round_trips_timed())

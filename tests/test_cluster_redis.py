@@ -267,26 +267,6 @@ class RedisFailureTests(RedisNodes, unittest.TestCase):
         self.assertEqual(keys, [])
         self.assertEqual(await a.cluster._redis.execute("SMEMBERS", f"{self.prefix}:reaping"), [])
 
-    async def _console_across_nodes(self):
-        from soketify.console_feed import ConsoleFeed, Viewer
-        a, b = await self._start_nodes(2)
-        feeds = {}
-        for name, node in (("a", a), ("b", b)):
-            feeds[name] = ConsoleFeed(reactor, name)
-            node.cluster.share_console(feeds[name])
-        self.assertFalse(feeds["b"].watching)
-        seen = []
-        viewer = Viewer(reactor, lambda entries, skipped: seen.extend(entries))
-        feeds["a"].attach(viewer)
-        await wait_until(lambda: feeds["b"].watching, "b to learn a console watches", 5)
-        feeds["b"].add(APP.id, "api_message", event="on-b")
-        feeds["a"].add(APP.id, "api_message", event="on-a")
-        await wait_until(lambda: len(seen) == 2, "both entries at a's viewer", 5)
-        self.assertEqual(sorted((e["node"], e["event"]) for e in seen), [("a", "on-a"), ("b", "on-b")])
-        # Once a's viewer is gone, b stops sending within a few seconds.
-        feeds["a"].detach(viewer)
-        await wait_until(lambda: not feeds["b"].watching, "b to stop sending", 6)
-
     def test_a_console_on_one_node_shows_entries_of_every_node(self):
         """Issue 12: entries from every node of a Redis cluster reach a console on any node,
         marked with their node; nodes build none once nobody watches anywhere."""

@@ -260,14 +260,6 @@ class BrowserGuardTests(unittest.TestCase):
                          "https://hooks.example:8443/p")
         self.assertEqual(shown_url("http://[::1]:9/x"), "http://[::1]:9/x")
 
-    def test_with_workers_the_console_needs_the_redis_engine_for_now(self):
-        from soketify.tap import console_problem
-        config = make_config(server={"workers": 2}, console={"enabled": True, "password": "p"})
-        self.assertIn('needs engine = "redis"', console_problem(config))
-        redis = make_config(server={"workers": 2}, cluster={"engine": "redis"},
-                            console={"enabled": True, "password": "p"})
-        self.assertIsNone(console_problem(redis))
-
     def test_a_session_is_valid_on_every_worker_of_the_host_and_nowhere_else(self):
         """Workers share the supervisor's key: a cookie signed on one is valid on another."""
         from twisted.internet.task import Clock

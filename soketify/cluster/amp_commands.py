@@ -193,6 +193,26 @@ class Deliver(amp.Command):
     requiresAnswer = False
 
 
+class ConsoleWatching(amp.Command):
+    """This worker has debug-console viewers (sent each second while it has): the others send it
+    their console entries for a few seconds more."""
+    arguments = []
+    requiresAnswer = False
+
+
+class ConsoleWatched(amp.Command):
+    """Supervisor -> worker: another worker has console viewers."""
+    arguments = []
+    requiresAnswer = False
+
+
+class ConsoleEntries(amp.Command):
+    """Console entries of one reactor turn, as JSON lines: worker -> supervisor -> the watching
+    workers."""
+    arguments = [(b"lines", BigText())]
+    requiresAnswer = False
+
+
 class Reload(amp.Command):
     """The config file was read again (SIGHUP to the supervisor): serve this config from now on,
     in the form Hello answers it. Answered once the worker applied it."""

@@ -20,6 +20,7 @@ from soketify import protocol
 from soketify.cluster import amp_commands as cmd
 from soketify.cluster.interfaces import IClusterListener, Joined
 from soketify.cluster.local import LocalCluster
+from soketify.console_feed import REMOTE_WATCH_SECONDS
 from soketify.metrics import add_up
 
 log = Logger()
@@ -73,6 +74,16 @@ class WorkerLink(cmd.QuietAMP):
         cached = (cache_name, cache_data) if cache_name is not None else None
         self.host.state.publish(self.host.app(app_id), channel, text.decode(), except_socket_id,
                                 cached)
+        return {}
+
+    @cmd.ConsoleWatching.responder
+    def console_watching(self):
+        self.host.console_watching(self)
+        return {}
+
+    @cmd.ConsoleEntries.responder
+    def console_entries(self, lines):
+        self.host.console_entries(self, lines)
         return {}
 
     @cmd.Connections.responder
@@ -145,6 +156,8 @@ class AmpHost:
         self._own_metrics = metrics
         self._apps = {app.id: app for app in apps}
         self._removed: dict = {}  # apps a reload removed
+        self._clock = clock
+        self._console_watchers: dict[WorkerLink, float] = {}  # -> when it last said it watches
         # Apps whose subscriber counts are announced, and which workers have subscribers of each
         # of their (non-presence) channels: only those hear the channel's count.
         self._announced = {app.id for app in apps
@@ -155,6 +168,22 @@ class AmpHost:
         self.serving = False
         self.ever_served = False
         self.state.attach(self)
+
+    # -- the debug console: entries of every worker for the viewers on any ------------------------
+
+    def console_watching(self, link: WorkerLink) -> None:
+        self._console_watchers[link] = self._clock.seconds()
+        for other in self.links:
+            if other is not link:
+                other.callRemote(cmd.ConsoleWatched)
+
+    def console_entries(self, sender: WorkerLink, lines: str) -> None:
+        now = self._clock.seconds()
+        for link, heard in list(self._console_watchers.items()):
+            if now - heard > REMOTE_WATCH_SECONDS or link not in self.links:
+                del self._console_watchers[link]
+            elif link is not sender:
+                link.callRemote(cmd.ConsoleEntries, lines=lines)
 
     def app(self, app_id: str):
         # A removed app is still known: its workers' last leaves arrive after the reload.

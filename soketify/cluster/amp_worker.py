@@ -8,12 +8,14 @@ whether the host serves (every worker up, no stop under way) and the host-wide m
 
 from __future__ import annotations
 
+import json
 from time import perf_counter
 
 from twisted.application import service
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
 from zope.interface import implementer
@@ -22,6 +24,9 @@ from soketify.cluster import amp_commands as cmd
 from soketify.cluster.interfaces import (
     CachedEvent, ChannelStats, ClusterUnavailable, ICluster, Joined, MemberLimitReached)
 from soketify.webhooks import wanted_event_types
+
+# Console entries one worker sends per reactor turn at most; more are not sent.
+CONSOLE_RELAY_PER_TURN = 200
 
 log = Logger()
 
@@ -82,6 +87,21 @@ class SupervisorLink(cmd.QuietAMP):
     @cmd.WorkerMetrics.responder
     def worker_metrics(self):
         return {"text": self.supervision.local_metrics()}
+
+    @cmd.ConsoleWatched.responder
+    def console_watched(self):
+        console = self.supervision.engine.console if self.supervision.engine else None
+        if console is not None:
+            console.remote_watching()
+        return {}
+
+    @cmd.ConsoleEntries.responder
+    def console_entries(self, lines):
+        console = self.supervision.engine.console if self.supervision.engine else None
+        if console is not None and console.has_viewers:
+            for line in lines.split("\n"):
+                console.remote_entry(json.loads(line))
+        return {}
 
     @cmd.Reload.responder
     def reload(self, config):
@@ -185,9 +205,13 @@ class AmpCluster(service.Service):
 
     name = "cluster"
 
+    # The debug console's entries, shared with the other workers (share_console).
+    console = None
+
     def __init__(self, apps, supervision: Supervision):
         self.supervision = supervision
         supervision.engine = self
+        self._console_beat = None
         self._listener = None
         # Open connections of every app here (so that a reload adding max_connections starts
         # from the truth); only apps with max_connections report theirs to the supervisor.
@@ -227,8 +251,43 @@ class AmpCluster(service.Service):
     def draining(self) -> None:
         """Workers stop together with their host: clients leave one by one, as they close."""
 
+    def share_console(self, feed, clock) -> None:
+        """Console entries of this worker go to the others while a console watches there, and
+        theirs reach the viewers here (through the supervisor)."""
+        self.console = feed
+        waiting: list[str] = []
+
+        def send() -> None:
+            lines = "\n".join(waiting)
+            waiting.clear()
+            if self.supervision.registered and lines:
+                self.supervision.link.callRemote(cmd.ConsoleEntries, lines=lines)
+
+        def relay(entry: dict) -> None:
+            if len(waiting) >= CONSOLE_RELAY_PER_TURN:
+                return  # a console must not crowd out the link's own traffic
+            if not waiting:
+                clock.callLater(0, send)
+            waiting.append(json.dumps(entry, separators=(",", ":"), default=str))
+        feed.relay = relay
+
+        def beat() -> None:
+            if feed.has_viewers and self.supervision.registered:
+                self.supervision.link.callRemote(cmd.ConsoleWatching)
+        self._console_beat = LoopingCall(beat)
+        self._console_beat.clock = clock
+        if self.running:
+            self._console_beat.start(1.0, now=True)
+
+    def startService(self):
+        super().startService()
+        if self._console_beat is not None and not self._console_beat.running:
+            self._console_beat.start(1.0, now=True)
+
     def stopService(self):
         """Close the link once every call sent so far is answered (the last clients' leaves)."""
+        if self._console_beat is not None and self._console_beat.running:
+            self._console_beat.stop()
         super().stopService()
         if self.supervision.link is None:
             return succeed(None)

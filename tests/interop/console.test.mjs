@@ -163,7 +163,7 @@ describe('debug console in a real browser', { skip: !fs.existsSync(CHROMIUM) && 
   });
 });
 
-describe('debug console with two workers on the Redis engine', () => {
+for (const engine of ['redis', 'local']) describe(`debug console with two workers on the ${engine} engine`, () => {
   let redis;
   let daemon;
   const clients = [];
@@ -171,10 +171,10 @@ describe('debug console with two workers on the Redis engine', () => {
   const TOKEN = 'console-token-for-scripts-0123';
 
   before(async () => {
-    redis = await RedisServer.start();
+    if (engine === 'redis') redis = await RedisServer.start();
     daemon = await Daemon.start({
       server: { workers: 2 },
-      cluster: redisCluster(redis, { prefix: 'console-workers' }),
+      cluster: engine === 'redis' ? redisCluster(redis, { prefix: 'console-workers' }) : null,
       console: { enabled: true, password: PASSWORD, api_token: TOKEN },
       stateDir,
     });
