@@ -114,6 +114,10 @@ class PusherServerProtocol(WebSocketServerProtocol):
             refusal = factory.hub.admit(self.app)
         if refusal is not None:
             code, message = refusal
+            hub = factory.hub
+            if self.app is not None and hub.feed.watching:
+                # Refused apps' clients (disabled, over quota, origin, address limits) in the log.
+                hub.refused(self.app.id, None, message, None, code)
             self.app = None
             self.write_frame(handshake_answer
                              + text_frame(protocol.error(code, message).encode("utf-8")))

@@ -66,6 +66,18 @@ class EntryTests(unittest.TestCase):
         self.assertIn("private-x", refused[0]["reason"])
         self.assertEqual(refused[0]["socket_id"], client.socket_id)
 
+    def test_connections_refused_at_the_handshake_are_in_the_log(self):
+        rig = Rig(self, make_config(apps=[{"id": "app-id", "key": "app-key", "secret": "app-secret",
+                                           "max_connections": 1}]))
+        watcher = Watcher(rig)
+        rig.connect()
+        refused = rig.connect(established=False)
+        self.assertEqual(refused.next_event()["data"]["code"], protocol.APP_OVER_QUOTA)
+        rig.advance(0.1)
+        [entry] = [e for e in watcher.entries if e["type"] == "refused"]
+        self.assertEqual((entry["code"], entry["app_id"]), (protocol.APP_OVER_QUOTA, "app-id"))
+        self.assertIn("quota", entry["reason"])
+
     def test_client_events_and_presence_members(self):
         rig = Rig(self)
         watcher = Watcher(rig)
