@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from soketify import logs
 from soketify.cluster import amp_commands as cmd
 from soketify.cluster.amp_host import AmpHost
+from soketify.console_feed import ConsoleFeed
 from soketify.metrics import Metrics
 from soketify.outbox import Outbox
 from soketify.systemd import environment_for_children
@@ -75,12 +76,15 @@ class SupervisorService(service.Service):
         self.metrics = Metrics(prefix=config.metrics.prefix)
         self.outbox = None
         self.webhooks = NoWebhooks()
+        # Its webhook attempts, for the workers' consoles (it has no viewers of its own).
+        self.feed = ConsoleFeed(reactor, f"{socket.gethostname()}/{os.getpid()}")
         self._make_webhooks(config)
         # Every worker signs and checks debug-console sessions with it.
         self.console_key = secrets.token_bytes(32)
         self.host = AmpHost(reactor, config.apps, config.limits, config.webhooks.grace, self.webhooks,
                             self.wanted, metrics=lambda: succeed(self.metrics.render().decode()),
                             worker_config=self.worker_config(config))
+        self.host.share_console(self.feed)
         self._liveness = LoopingCall(self.check_liveness)
         self._liveness.clock = reactor
         self.processes: dict[int, WorkerProcess] = {}
@@ -97,7 +101,7 @@ class SupervisorService(service.Service):
             return False
         self.outbox = Outbox.on_thread(outbox_path(config), self.reactor)
         self.webhooks = Webhooks(config.apps, config.webhooks, self.reactor, self.outbox,
-                                 treq_post(self.reactor), counts=self.metrics)
+                                 treq_post(self.reactor), counts=self.metrics, feed=self.feed)
         return True
 
     def apply(self, config) -> Deferred:

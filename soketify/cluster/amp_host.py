@@ -9,6 +9,7 @@ process ends, its link closes and everything it held ends at once (``LocalCluste
 
 from __future__ import annotations
 
+import json
 import random
 
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
@@ -158,6 +159,7 @@ class AmpHost:
         self._removed: dict = {}  # apps a reload removed
         self._clock = clock
         self._console_watchers: dict[WorkerLink, float] = {}  # -> when it last said it watches
+        self.console_feed = None  # the supervisor's own entries (share_console)
         # Apps whose subscriber counts are announced, and which workers have subscribers of each
         # of their (non-presence) channels: only those hear the channel's count.
         self._announced = {app.id for app in apps
@@ -171,8 +173,17 @@ class AmpHost:
 
     # -- the debug console: entries of every worker for the viewers on any ------------------------
 
+    def share_console(self, feed) -> None:
+        """The supervisor's own entries (its webhook attempts, under the local engine) go to the
+        workers whose consoles watch."""
+        self.console_feed = feed
+        feed.relay = lambda entry: self.console_entries(
+            None, json.dumps(entry, separators=(",", ":"), default=str))
+
     def console_watching(self, link: WorkerLink) -> None:
         self._console_watchers[link] = self._clock.seconds()
+        if self.console_feed is not None:
+            self.console_feed.remote_watching()
         for other in self.links:
             if other is not link:
                 other.callRemote(cmd.ConsoleWatched)

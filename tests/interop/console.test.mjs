@@ -166,13 +166,17 @@ describe('debug console in a real browser', { skip: !fs.existsSync(CHROMIUM) && 
 for (const engine of ['redis', 'local']) describe(`debug console with two workers on the ${engine} engine`, () => {
   let redis;
   let daemon;
+  let receiver;
   const clients = [];
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'soketify-console-workers-'));
   const TOKEN = 'console-token-for-scripts-0123';
 
   before(async () => {
     if (engine === 'redis') redis = await RedisServer.start();
+    receiver = await WebhookReceiver.start({ app: APP });
     daemon = await Daemon.start({
+      // Webhooks go out from the supervisor (local engine) or from each worker (Redis).
+      apps: [appConfig({ webhooks: [{ url: receiver.url('/hooks'), event_types: ['channel_occupied'] }] })],
       server: { workers: 2 },
       cluster: engine === 'redis' ? redisCluster(redis, { prefix: 'console-workers' }) : null,
       console: { enabled: true, password: PASSWORD, api_token: TOKEN },
@@ -184,6 +188,7 @@ for (const engine of ['redis', 'local']) describe(`debug console with two worker
     for (const c of clients) disconnectPusherJs(c);
     if (daemon) await daemon.stop();
     if (redis) await redis.stop();
+    if (receiver) await receiver.stop();
     fs.rmSync(stateDir, { recursive: true, force: true });
   });
 
@@ -212,6 +217,7 @@ for (const engine of ['redis', 'local']) describe(`debug console with two worker
     });
     assert.equal(res.status, 200);
     const opened = new Map(); // socket id -> node
+    const webhooks = [];
     const reading = (async () => {
       const decoder = new TextDecoder();
       let buffered = '';
@@ -222,6 +228,7 @@ for (const engine of ['redis', 'local']) describe(`debug console with two worker
           const entry = JSON.parse(buffered.slice(0, nl));
           buffered = buffered.slice(nl + 1);
           if (entry.type === 'connection_opened') opened.set(entry.socket_id, entry.node);
+          if (entry.type === 'webhook') webhooks.push(entry);
         }
       }
     })().catch(() => {});
@@ -234,6 +241,9 @@ for (const engine of ['redis', 'local']) describe(`debug console with two worker
     }
     await pollUntil(() => ids.every((id) => opened.has(id)), { timeout: 10000, what: 'every connection_opened in the stream' });
     assert.equal(new Set(ids.map((id) => opened.get(id))).size, 2, 'entries from both workers');
+    await subscribePusherJs(clients[0], 'console-workers-hooked');
+    await pollUntil(() => webhooks.some((w) => w.outcome === 'sent' && w.status === 200),
+      { timeout: 10000, what: 'the webhook attempt in the stream' });
     controller.abort();
     await reading;
   });
