@@ -15,7 +15,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 
 from twisted.trial import unittest
 
@@ -91,6 +91,7 @@ class SocketActivationTests(unittest.TestCase):
         self.log = os.path.join(self.directory, "output.log")
         output = open(self.log, "w")
         self.addCleanup(output.close)
+        listening = threading.Event()
         # systemd-socket-activate passes only the variables named with -E (and HOME, PATH, TERM).
         # --fdname: systemd names every descriptor it passes (LISTEN_FDNAMES, after the socket unit
         # by default), and Twisted ignores descriptors that come without names.
@@ -98,14 +99,23 @@ class SocketActivationTests(unittest.TestCase):
             [self.activate, "--listen", address, "--fdname", "soketify.socket",
              "-E", f"PYTHONPATH={ROOT}",
              twistd, "-n", "--pidfile=", "soketify", "--config", config],
-            cwd=self.directory, stdout=output, stderr=subprocess.STDOUT)
+            cwd=self.directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.addCleanup(lambda: daemon.poll() is None and daemon.kill())
         self.addCleanup(lambda: daemon.poll() is None or daemon.wait())
-        deadline = time.monotonic() + 20
-        while "Listening on" not in self.output():
-            self.assertIsNone(daemon.poll(), self.output())
-            self.assertLess(time.monotonic(), deadline, self.output())
-            time.sleep(0.05)
+
+        def copy_output():
+            # The activator, then twistd (exec'd in its place), write to the pipe until they end.
+            for line in daemon.stdout:
+                output.write(line.decode("utf-8", "replace"))
+                output.flush()
+                if b"Listening on" in line:
+                    listening.set()
+            listening.set()  # ended: the assertion below says why
+        copier = threading.Thread(target=copy_output, daemon=True)
+        copier.start()
+        self.addCleanup(copier.join, 30)
+        self.assertTrue(listening.wait(20), self.output())
+        self.assertIsNone(daemon.poll(), self.output())
         return daemon
 
     def output(self) -> str:
