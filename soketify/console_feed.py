@@ -10,6 +10,7 @@ waited for, so a slow viewer never slows the server.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from typing import Callable, Iterable
 
@@ -20,6 +21,9 @@ MAX_QUEUED = 2000
 # In a cluster, a node with viewers says so at least this often; the others send it their
 # entries until they have not heard it for REMOTE_WATCH_SECONDS.
 REMOTE_WATCH_SECONDS = 3.0
+# Entries one node sends the others per reactor turn at most, in one message; more are not sent:
+# a console must not crowd out the cluster's own traffic on the connection they share.
+SHARED_PER_TURN = 200
 
 # Every entry type, for the console's checkboxes and the stream's documentation.
 TYPES = ("connection_opened", "connection_closed", "subscribed", "unsubscribed",
@@ -33,8 +37,9 @@ class ConsoleFeed:
         self.node = node
         self.watching = False  # a viewer here, or on another node of the cluster
         self._viewers: list[Viewer] = []
-        # In a cluster: ``relay(entry)`` sends an entry to the other nodes (set by the engine).
-        self.relay: Callable[[dict], None] | None = None
+        # In a cluster: ``send(lines)`` sends one turn's entries (JSON lines) to the other nodes.
+        self._send: Callable[[str], None] | None = None
+        self._outgoing: list[str] = []
         self._remote_call = None  # while another node watches: when to stop sending it entries
 
     @property
@@ -65,11 +70,32 @@ class ConsoleFeed:
         self._remote_call = None
         self._update_watching()
 
-    def remote_entry(self, entry: dict) -> None:
-        """An entry of another node, for the viewers here."""
-        if entry.get("node") != self.node:
-            for viewer in self._viewers:
-                viewer.offer(entry)
+    def share(self, send: Callable[[str], None]) -> None:
+        """In a cluster: while another node watches, this node's entries of each reactor turn go
+        to ``send`` as JSON lines (the engine carries them to the other nodes)."""
+        self._send = send
+
+    def _share(self, entry: dict) -> None:
+        if len(self._outgoing) >= SHARED_PER_TURN:
+            return
+        if not self._outgoing:
+            self._clock.callLater(0, self._send_outgoing)
+        self._outgoing.append(json.dumps(entry, separators=(",", ":"), default=str))
+
+    def _send_outgoing(self) -> None:
+        lines, self._outgoing = "\n".join(self._outgoing), []
+        if lines:
+            self._send(lines)
+
+    def remote_lines(self, lines: str) -> None:
+        """Entries of another node (what its ``send`` sent), for the viewers here."""
+        if not self._viewers:
+            return
+        for line in lines.split("\n"):
+            entry = json.loads(line)
+            if entry.get("node") != self.node:
+                for viewer in self._viewers:
+                    viewer.offer(entry)
 
     def add(self, app_id: str, type: str, **details) -> None:
         """One entry; callers check ``watching`` first."""
@@ -78,8 +104,8 @@ class ConsoleFeed:
         entry.update(details)
         for viewer in self._viewers:
             viewer.offer(entry)
-        if self._remote_call is not None and self.relay is not None:
-            self.relay(entry)
+        if self._remote_call is not None and self._send is not None:
+            self._share(entry)
 
 
 class Viewer:

@@ -9,7 +9,6 @@ process ends, its link closes and everything it held ends at once (``LocalCluste
 
 from __future__ import annotations
 
-import json
 import random
 
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
@@ -177,8 +176,7 @@ class AmpHost:
         """The supervisor's own entries (its webhook attempts, under the local engine) go to the
         workers whose consoles watch."""
         self.console_feed = feed
-        feed.relay = lambda entry: self.console_entries(
-            None, json.dumps(entry, separators=(",", ":"), default=str))
+        feed.share(lambda lines: self.console_entries(None, lines))
 
     def console_watching(self, link: WorkerLink) -> None:
         self._console_watchers[link] = self._clock.seconds()

@@ -8,7 +8,6 @@ whether the host serves (every worker up, no stop under way) and the host-wide m
 
 from __future__ import annotations
 
-import json
 from time import perf_counter
 
 from twisted.application import service
@@ -24,9 +23,6 @@ from soketify.cluster import amp_commands as cmd
 from soketify.cluster.interfaces import (
     CachedEvent, ChannelStats, ClusterUnavailable, ICluster, Joined, MemberLimitReached)
 from soketify.webhooks import wanted_event_types
-
-# Console entries one worker sends per reactor turn at most; more are not sent.
-CONSOLE_RELAY_PER_TURN = 200
 
 log = Logger()
 
@@ -98,9 +94,8 @@ class SupervisorLink(cmd.QuietAMP):
     @cmd.ConsoleEntries.responder
     def console_entries(self, lines):
         console = self.supervision.engine.console if self.supervision.engine else None
-        if console is not None and console.has_viewers:
-            for line in lines.split("\n"):
-                console.remote_entry(json.loads(line))
+        if console is not None:
+            console.remote_lines(lines)
         return {}
 
     @cmd.Reload.responder
@@ -255,21 +250,11 @@ class AmpCluster(service.Service):
         """Console entries of this worker go to the others while a console watches there, and
         theirs reach the viewers here (through the supervisor)."""
         self.console = feed
-        waiting: list[str] = []
 
-        def send() -> None:
-            lines = "\n".join(waiting)
-            waiting.clear()
-            if self.supervision.registered and lines:
+        def send(lines: str) -> None:
+            if self.supervision.registered:
                 self.supervision.link.callRemote(cmd.ConsoleEntries, lines=lines)
-
-        def relay(entry: dict) -> None:
-            if len(waiting) >= CONSOLE_RELAY_PER_TURN:
-                return  # a console must not crowd out the link's own traffic
-            if not waiting:
-                clock.callLater(0, send)
-            waiting.append(json.dumps(entry, separators=(",", ":"), default=str))
-        feed.relay = relay
+        feed.share(send)
 
         def beat() -> None:
             if feed.has_viewers and self.supervision.registered:

@@ -61,9 +61,6 @@ def app_key(prefix: str, app_id: str) -> str:
     return f"{prefix}:a{len(app_id)}:{app_id}"
 
 
-# Console entries one node sends the others per reactor turn at most; more are not sent.
-CONSOLE_RELAY_PER_TURN = 200
-
 @implementer(ICluster)
 class RedisCluster(service.Service):
     name = "cluster"
@@ -109,27 +106,15 @@ class RedisCluster(service.Service):
         self._listener = listener
 
     def share_console(self, feed, clock=None) -> None:
-        """Make the debug console's entries cluster-wide: this node's go to the others while
-        some console watches there, and theirs reach the viewers here."""
+        """Make the debug console's entries cluster-wide, on the control channel: this node's go
+        to the others while some console watches there, and theirs reach the viewers here."""
         self.console = feed
-        waiting: list[str] = []
 
-        def send() -> None:
-            lines = list(waiting)
-            waiting.clear()
-            if self._redis is not None and lines:
-                self._redis.execute("PUBLISH", self._control, "C\n\n" + "\n".join(lines)
-                                    ).addErrback(self._log_failure, "console")
-
-        def relay(entry: dict) -> None:
-            # One message per reactor turn, at most CONSOLE_RELAY_PER_TURN entries: a console
-            # must not crowd out the cluster's own traffic on the one connection.
-            if len(waiting) >= CONSOLE_RELAY_PER_TURN:
-                return
-            if not waiting:
-                self._reactor.callLater(0, send)
-            waiting.append(json.dumps(entry, separators=(",", ":"), default=str))
-        feed.relay = relay
+        def send(lines: str) -> None:
+            if self._redis is not None:
+                self._redis.execute("PUBLISH", self._control, "C\n\n" + lines).addErrback(
+                    self._log_failure, "console")
+        feed.share(send)
 
     def reconfigure(self, apps, limits: LimitsConfig, grace: float) -> None:
         """A reload: new apps get their keys and counts, every app's flags are stored again (what
@@ -366,9 +351,8 @@ class RedisCluster(service.Service):
             if kind == "W":  # (app_id holds the watching node's name)
                 if app_id != console.node:
                     console.remote_watching()
-            elif console.has_viewers:  # entries of one turn of another node, as JSON lines
-                for line in user_id.split("\n"):
-                    console.remote_entry(json.loads(line))
+            else:  # entries of one turn of another node, as JSON lines
+                console.remote_lines(user_id)
             return
         if kind == "T":
             self._listener.terminate_user_here(app_id, user_id)
