@@ -37,7 +37,7 @@ from zope.interface import implementer
 from soketify.console_auth import Sessions, password_matches, token_matches
 from soketify.cluster.interfaces import ClusterUnavailable
 from soketify.console_feed import TYPES, Viewer
-from soketify.rest import ApiError
+from soketify.rest import ApiError, json_answer
 
 log = Logger()
 
@@ -66,10 +66,8 @@ class Refused(Exception):
 
 
 def _json(request, status: int, body) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(body, separators=(",", ":"), default=str).encode()
+    return json_answer(request, status, json.dumps(body, separators=(",", ":"), default=str).encode())
 
 
 @implementer(IPushProducer)

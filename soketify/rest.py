@@ -50,7 +50,7 @@ def _dumps(body) -> bytes:
 REASON_PHRASES = {**RESPONSES, 429: b"Too Many Requests"}
 
 
-def _answer(request, status: int, encoded: bytes) -> bytes:
+def json_answer(request, status: int, encoded: bytes) -> bytes:
     """Set the status and headers of a JSON answer on a twisted.web request; returns the body."""
     request.setResponseCode(status, REASON_PHRASES.get(status))
     request.setHeader(b"Content-Type", b"application/json")
@@ -60,7 +60,7 @@ def _answer(request, status: int, encoded: bytes) -> bytes:
 
 
 def _json(request, status: int, body) -> bytes:
-    return _answer(request, status, _dumps(body))
+    return json_answer(request, status, _dumps(body))
 
 
 def _request_parts(request) -> tuple[bytes, bytes, bytes, bytes, bool]:
@@ -158,7 +158,7 @@ def _answer_later(answer: Deferred, request) -> None:
 
     def finish(answer: Answer) -> None:
         if not gone:
-            request.write(_answer(request, *answer))
+            request.write(json_answer(request, *answer))
             request.finish()
     answer.addCallback(finish)
 
@@ -200,7 +200,7 @@ class DirectTriggers(Resource):
                 if isinstance(answer, Deferred):  # `info` asked for: answered once the cluster has
                     _answer_later(answer, request)
                     return NOT_DONE_YET
-                return _answer(request, *answer)
+                return json_answer(request, *answer)
         if self._console is not None and (request.path == b"/console"
                                           or request.path.startswith(b"/console/")):
             return self._console.render(request)
@@ -324,7 +324,7 @@ class RestApi:
         """ApiError, ClusterUnavailable and anything unexpected (logged, 500)."""
         match = APP_PATH.match(request.path)
         app_id = match.group(1).decode("utf-8", "replace") if match is not None else None
-        return _answer(request, *self.error_answer(failure, app_id))
+        return json_answer(request, *self.error_answer(failure, app_id))
 
     # -- authentication ------------------------------------------------------------------------
 
@@ -484,8 +484,8 @@ class RestApi:
     def _publish_through_klein(self, request, endpoint: bytes, app_id: str):
         answer = self.publish_request(request, endpoint, app_id)
         if isinstance(answer, Deferred):
-            return answer.addCallback(lambda answer: _answer(request, *answer))
-        return _answer(request, *answer)
+            return answer.addCallback(lambda answer: json_answer(request, *answer))
+        return json_answer(request, *answer)
 
     def _check_channel_name(self, app: AppConfig, channel, where: str = "") -> None:
         problem = protocol.channel_name_problem(channel, app.limits.max_channel_name_length)
