@@ -107,8 +107,7 @@ class SoketifyService(service.MultiService):
                        on_refusal=self.metrics.refused, feed=self.feed)
         self.metrics.watch_hub(self.hub)
         self.hub.delivered_in = self.metrics.publish_to_write.observe
-        if hasattr(self.cluster, "share_console"):  # the engines of more than one process
-            self.cluster.share_console(self.feed, reactor)
+        self.cluster.share_console(self.feed, reactor)
         self.cluster.round_trip = self.metrics.round_trips(
             "amp" if worker is not None and worker.cluster is not None else config.cluster.engine)
         self.sessions = Sessions(self.hub, config.limits, reactor)

@@ -122,6 +122,10 @@ class ICluster(IService):
     def attach(listener: IClusterListener) -> None:
         """The node to call back."""
 
+    def share_console(feed, clock) -> None:
+        """Carry the debug console's entries (a soketify.console_feed.ConsoleFeed) between the
+        nodes: each node's to the others while a console watches there."""
+
     def draining() -> None:
         """The node is stopping and moving its clients to other nodes (4200): what they held may end
         with the node rather than one by one, so that members who reconnect elsewhere at once are

@@ -55,6 +55,9 @@ class LocalCluster(service.Service):
         self._listener = listener
         self._lifecycle = LifecycleEvents(self._clock, listener.emit_webhook, self._grace)
 
+    def share_console(self, feed, clock) -> None:
+        """One process is the whole cluster: its console sees every entry already."""
+
     def reconfigure(self, apps, limits: LimitsConfig, grace: float) -> None:
         """A reload: apps come with every call; the node limits and the grace apply from now on."""
         self._limits = limits

@@ -105,7 +105,7 @@ class RedisCluster(service.Service):
     def attach(self, listener) -> None:
         self._listener = listener
 
-    def share_console(self, feed, clock=None) -> None:
+    def share_console(self, feed, clock) -> None:
         """Make the debug console's entries cluster-wide, on the control channel: this node's go
         to the others while some console watches there, and theirs reach the viewers here."""
         self.console = feed
