@@ -200,6 +200,9 @@ class Hub:
                                   socket_id=connection.socket_id, user_id=user_id)
                     if result.new and result.subscription_count == 1:
                         self.feed.add(connection.app.id, "channel_occupied", channel=name)
+                    if result.cached is None and protocol.is_cache(name):
+                        self.feed.add(connection.app.id, "cache_miss", channel=name,
+                                      socket_id=connection.socket_id)
         return result
 
     def subscribed(self, connection, name: str, joined: Joined) -> None:
@@ -381,10 +384,12 @@ class Hub:
         return self.webhooks.wants(app_id, name)
 
     def emit_webhook(self, app_id: str, event: dict) -> None:
-        if self.feed.watching and event["name"] in ("member_added", "member_removed", "cache_miss"):
-            self.feed.add(app_id, event["name"], channel=event["channel"],
-                          user_id=event.get("user_id"))
         self.webhooks.emit(app_id, event)
+
+    def member_changed(self, app_id: str, channel: str, user_id: str, present: bool) -> None:
+        if self.feed.watching:
+            self.feed.add(app_id, "member_added" if present else "member_removed", channel=channel,
+                          user_id=user_id)
 
     def webhooks_stored(self) -> Deferred:
         return self.webhooks.stored()

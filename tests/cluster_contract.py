@@ -34,6 +34,7 @@ class RecordingListener:
         self.deliveries: list[tuple[str, str, str, str | None]] = []
         self.counts: list[tuple[str, str, int, bool]] = []
         self.online: list[tuple[str, str, bool]] = []
+        self.members: list[tuple[str, str, str, bool]] = []  # (app, channel, user, present)
         self.terminated: list[tuple[str, str]] = []
         self.webhooks: list[tuple[str, dict]] = []
         self.lost: list[str] = []
@@ -46,6 +47,9 @@ class RecordingListener:
 
     def user_online_changed(self, app_id, user_id, online):
         self.online.append((app_id, user_id, online))
+
+    def member_changed(self, app_id, channel, user_id, present):
+        self.members.append((app_id, channel, user_id, present))
 
     def terminate_user_here(self, app_id, user_id):
         self.terminated.append((app_id, user_id))
@@ -92,6 +96,11 @@ def all_webhooks(nodes, name=None):
     """Webhook events emitted by any node, in no particular order between nodes."""
     return [event for node in distinct(nodes) for _, event in node.listener.webhooks
             if name is None or event["name"] == name]
+
+
+def all_member_changes(nodes):
+    """Membership changes reported by any node (for the console), in no order between nodes."""
+    return [change for node in distinct(nodes) for change in node.listener.members]
 
 
 async def wait_until(check, what: str, timeout: float = 10.0):
@@ -238,10 +247,15 @@ class ClusterContract:
         self.assertEqual(len(a.listener.events_named(protocol.MEMBER_ADDED)), 1)
         for node in distinct([a, b]):
             self.assertEqual(node.listener.events_named(protocol.MEMBER_REMOVED), [])
+        # The console hears of the membership once, from the node whose step it was.
+        self.assertEqual(all_member_changes([a, b]), [(APP.id, "presence-r", "u", True)])
         b.cluster.leave(APP, "presence-r", b.socket(2), "u")
         yield self.settle([a, b])
         self.assertEqual(b.listener.events_named(protocol.MEMBER_REMOVED),
                          [(APP.id, "presence-r", {"user_id": "u"}, None)])
+        # At once, not after the webhooks' grace.
+        self.assertEqual(all_member_changes([a, b]), [(APP.id, "presence-r", "u", True),
+                                                      (APP.id, "presence-r", "u", False)])
         yield self.elapse(GRACE + 1.5)
         yield self.settle([a, b])
         self.assertEqual(all_webhooks([a, b], "member_removed"),
@@ -257,6 +271,7 @@ class ClusterContract:
         heard = [len(node.listener.events_named(protocol.MEMBER_ADDED)) for node in distinct([a, b])]
         self.assertEqual(max(heard), 1, heard)  # each node subscribed before it hears it once
         self.assertEqual(len(all_webhooks([a, b], "member_added")), 1)
+        self.assertEqual(all_member_changes([a, b]), [(APP.id, "presence-s", "u", True)])
         self.assertEqual(len(all_webhooks([a, b], "channel_occupied")), 1)
 
     @inlineCallbacks

@@ -17,6 +17,7 @@ from soketify.cluster.amp_host import AmpHost
 from soketify.cluster.amp_worker import AmpCluster, Supervision
 from soketify.cluster.interfaces import ClusterUnavailable
 from soketify.config import LimitsConfig
+from soketify.console_feed import ConsoleFeed, Viewer
 from tests.cluster_contract import (
     APP, GRACE, OTHER_APP, ClusterContract, Node, NodesOnTheReactor, all_webhooks, wait_until)
 
@@ -56,6 +57,12 @@ class AmpNodes(NodesOnTheReactor):
         self.host = AmpHost(reactor, [app.with_limits(node_limits) for app in (APP, OTHER_APP)],
                             node_limits, GRACE,
                             self.sink, workers_wanted=count)
+        # Under workers the supervisor reports membership, to its console feed: watched here, its
+        # member entries land in the first node's record (all_member_changes reads them).
+        feed = ConsoleFeed(reactor, "supervisor")
+        feed.attach(Viewer(reactor, lambda entries, skipped: self.sink.node.listener.members.extend(
+            (e["app_id"], e["channel"], e["user_id"], e["type"] == "member_added") for e in entries)))
+        self.host.share_console(feed)
         self.host.start()
         self.addCleanup(self.host.stop)
         nodes = [self.start_node(index) for index in range(count)]
@@ -110,6 +117,9 @@ class AmpWorkerTests(AmpNodes, unittest.TestCase):
                          "member_removed", 2)
         self.assertEqual(a.listener.events_named(protocol.MEMBER_REMOVED),
                          [(APP.id, "presence-room", {"user_id": "bob"}, None)])
+        # The supervisor's console entry, at once (its webhook waits for the grace).
+        await wait_until(lambda: len(a.listener.members) == 3, "the member_removed console entry", 2)
+        self.assertEqual(a.listener.members[2], (APP.id, "presence-room", "bob", False))
         self.assertIn((APP.id, "bob", False), a.listener.online)
         self.assertEqual(a.listener.counts[-1], (APP.id, "news", 1, False))
         self.assertEqual(a.cluster.supervision.elsewhere[APP.id], 0, "its connections no longer count")

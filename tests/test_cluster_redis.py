@@ -16,7 +16,8 @@ from soketify.cluster.interfaces import MemberLimitReached
 from soketify.cluster.redis import RedisCluster
 from soketify.config import ClusterConfig, LimitsConfig
 from tests.cluster_contract import (
-    APP, GRACE, OTHER_APP, ClusterContract, Node, NodesOnTheReactor, all_webhooks, wait_until)
+    APP, GRACE, OTHER_APP, ClusterContract, Node, NodesOnTheReactor, all_member_changes, all_webhooks,
+    wait_until)
 from tests.redis_server import start_redis
 
 NODE_TIMEOUT = 2
@@ -83,6 +84,9 @@ class RedisFailureTests(RedisNodes, unittest.TestCase):
         await self.settle([a, c])
         self.assertEqual(a.listener.events_named(protocol.MEMBER_REMOVED),
                          [(APP.id, "presence-room", {"user_id": "bob"}, None)])
+        # The survivor that removed it tells its console, once in the cluster.
+        self.assertEqual([change for change in all_member_changes([a, c]) if not change[3]],
+                         [(APP.id, "presence-room", "bob", False)])
         self.assertIn((APP.id, "bob", False), a.listener.online)
         stats = await a.cluster.channel_stats(APP.id, ["presence-room", "news"])
         self.assertEqual(stats["presence-room"].user_count, 1)

@@ -87,12 +87,29 @@ class EntryTests(unittest.TestCase):
             client.subscribe("presence-room", channel_data=data, auth=signing.channel_auth(
                 "app-key", "app-secret", client.socket_id, "presence-room", data))
         a.send("client-typing", {"x": 1}, channel="presence-room")
-        rig.advance(1)
-        members = [e["user_id"] for e in watcher.entries if e["type"] == "member_added"]
-        self.assertEqual(members, ["alice", "bob"])
+        b.close(1000)
+        rig.advance(0.1)  # far less than the webhooks' grace: the console shows it as clients see it
+        members = [(e["type"], e["user_id"]) for e in watcher.entries
+                   if e["type"] in ("member_added", "member_removed")]
+        self.assertEqual(members, [("member_added", "alice"), ("member_added", "bob"),
+                                   ("member_removed", "bob")])
         [typing] = [e for e in watcher.entries if e["type"] == "client_event"]
         self.assertEqual((typing["event"], typing["user_id"], typing["data"]),
                          ("client-typing", "alice", {"x": 1}))
+
+    def test_a_cache_miss_names_the_subscriber_that_found_nothing(self):
+        """Whether or not any webhook takes cache_miss."""
+        rig = Rig(self)
+        watcher = Watcher(rig)
+        a, b = rig.connect(), rig.connect()
+        a.subscribe("cache-news")
+        b.subscribe("cache-news")
+        self.assertEqual(rig.signed("POST", "/apps/app-id/events", event("cache-news")).status, 200)
+        c = rig.connect()
+        c.subscribe("cache-news")  # the last event is replayed: no miss
+        rig.advance(0.1)
+        misses = [(e["channel"], e["socket_id"]) for e in watcher.entries if e["type"] == "cache_miss"]
+        self.assertEqual(misses, [("cache-news", a.socket_id), ("cache-news", b.socket_id)])
 
     def test_a_viewer_of_some_apps_sees_only_them(self):
         rig = Rig(self)

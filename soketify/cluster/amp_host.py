@@ -350,6 +350,13 @@ class AmpHost:
         for link in self.links:
             link.transport.write(box)
 
+    def member_changed(self, app_id, channel, user_id, present) -> None:
+        """Membership lives here: the supervisor's console entry goes to the watching workers."""
+        feed = self.console_feed
+        if feed is not None and feed.watching:
+            feed.add(app_id, "member_added" if present else "member_removed", channel=channel,
+                     user_id=user_id)
+
     def terminate_user_here(self, app_id, user_id):
         asked = [link.callRemote(cmd.TerminateHere, app_id=app_id, user_id=user_id)
                  .addCallbacks(lambda answer: answer["count"], lambda _: 0)

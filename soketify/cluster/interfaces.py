@@ -52,6 +52,11 @@ class IClusterListener(Interface):
     def user_online_changed(app_id: str, user_id: str, online: bool) -> None:
         """A user's first connection in the cluster signed in, or its last one closed."""
 
+    def member_changed(app_id: str, channel: str, user_id: str, present: bool) -> None:
+        """A user became a member of a presence channel (its first connection there in the cluster)
+        or stopped being one (its last left, now, not after the webhook grace). Reported by one node
+        only, the one whose step it was: for the debug console."""
+
     def terminate_user_here(app_id: str, user_id: str) -> int:
         """Close this node's connections of the user with 4009; returns how many."""
 

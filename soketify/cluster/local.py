@@ -126,6 +126,7 @@ class LocalCluster(service.Service):
             if existing is None:
                 state.members[user_id] = [1, user_info]
                 self._listener.deliver(app.id, channel, added, socket_id)
+                self._listener.member_changed(app.id, channel, user_id, True)
                 self._lifecycle.member_added(app.id, channel, user_id)
             else:
                 existing[0] += 1
@@ -155,6 +156,7 @@ class LocalCluster(service.Service):
                 del state.members[user_id]
                 self._listener.deliver(app_id, channel,
                                        protocol.member_removed(channel, user_id).encode(), None)
+                self._listener.member_changed(app_id, channel, user_id, False)
                 self._lifecycle.member_removed(app_id, channel, user_id)
         if not state.sockets:
             del channels[channel]

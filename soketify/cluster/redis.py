@@ -277,7 +277,9 @@ class RedisCluster(service.Service):
 
     def _reap(self, redis, node: str, force: bool = False) -> Deferred:
         """Remove what a dead node held, a bounded chunk per call (other commands run between)."""
-        def chunk(done):
+        def chunk(reply):
+            done = reply[0]
+            self._members_gone(reply[1:])
             if done == 2:
                 return self._run(redis, scripts.REAP, node, self._grace_ms, 0, REAP_BATCH
                                  ).addCallback(chunk)
@@ -286,6 +288,13 @@ class RedisCluster(service.Service):
             return done
         first = self._run(redis, scripts.REAP, node, self._grace_ms, 1 if force else 0, REAP_BATCH)
         return first.addCallback(chunk)
+
+    def _members_gone(self, removed: list) -> None:
+        """(app id, channel, user) triples a script reports: members whose last connection went."""
+        if self._listener is not None:
+            for i in range(0, len(removed), 3):
+                self._listener.member_changed(removed[i].decode(), removed[i + 1].decode(),
+                                              removed[i + 2].decode(), False)
 
     def claim_webhooks(self) -> Deferred:
         """Take due webhook events from Redis (each goes to exactly one node) and send them."""
@@ -401,10 +410,11 @@ class RedisCluster(service.Service):
                            json.dumps(user_info, separators=(",", ":"), ensure_ascii=False),
                            app.limits.max_presence_members, added,
                            1 if protocol.is_cache(channel) else 0)
-        return joined.addCallbacks(self._joined, self._not_joined, (app, channel, socket_id), None,
-                                   (app, channel, socket_id))
+        return joined.addCallbacks(self._joined, self._not_joined, (app, channel, socket_id, user_id),
+                                   None, (app, channel, socket_id))
 
-    def _joined(self, reply, app, channel: str, socket_id: str) -> Joined | MemberLimitReached:
+    def _joined(self, reply, app, channel: str, socket_id: str,
+                user_id: str) -> Joined | MemberLimitReached:
         status = reply[0]
         if status < 0:
             self._forget_socket(app.id, channel, socket_id)
@@ -415,8 +425,10 @@ class RedisCluster(service.Service):
             return MemberLimitReached(app.limits.max_presence_members)
         members = None
         if protocol.is_presence(channel):
-            rest = reply[3:]
+            rest = reply[4:]
             members = {rest[i].decode(): json.loads(rest[i + 1]) for i in range(0, len(rest), 2)}
+            if reply[3]:
+                self._listener.member_changed(app.id, channel, user_id, True)
         return Joined(bool(status), reply[1], members, reply[2].decode() or None)
 
     def _not_joined(self, failure, app, channel: str, socket_id: str):
@@ -446,8 +458,15 @@ class RedisCluster(service.Service):
         left = self._run(redis, scripts.LEAVE, self._app_keys[app.id], channel, socket_id,
                          self._grace_ms)
         self._forget_socket(app.id, channel, socket_id)
-        left.addCallback(lambda count: None if count < 0 else count)
+        left.addCallback(self._left, app, channel)
         return left.addErrback(self._log_failure, "leave")
+
+    def _left(self, reply, app, channel: str) -> int | None:
+        if reply[0] < 0:
+            return None
+        if reply[1]:
+            self._listener.member_changed(app.id, channel, reply[1].decode(), False)
+        return reply[0]
 
     # -- users ---------------------------------------------------------------------------------
 

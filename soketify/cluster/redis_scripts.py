@@ -106,11 +106,14 @@ local function count_changed(ak, channel, origin)
 end
 
 -- after a socket's subscription was removed from AK:ch:C: member gone? channel vacated?
+-- True when the user is no longer a member (its last connection there left).
 local function left(ak, channel, user, due)
   local flags, app_id = app_info(ak)
+  local member_gone = false
   if user ~= '' then
     local mc = ak .. ':mc:' .. channel
     if redis.call('HINCRBY', mc, user, -1) <= 0 then
+      member_gone = true
       redis.call('HDEL', mc, user)
       redis.call('HDEL', ak .. ':mi:' .. channel, user)
       redis.call('PUBLISH', ak .. ':e:' .. channel, 'E\n' .. member_removed_text(channel, user))
@@ -127,6 +130,7 @@ local function left(ak, channel, user, due)
       queue('v\n' .. ak .. '\n' .. channel, due, app_id, {name = 'channel_vacated', channel = channel})
     end
   end
+  return member_gone
 end
 
 local function signed_out(ak, user)
@@ -182,8 +186,9 @@ return {1, totals, dead}
 # ARGV: P, N, dead node, grace ms, force ("1": a node leaving, dead or not), most entries to take.
 # Removes what the node held, as if each of its connections had closed: member_removed to the
 # members, offline to the watchers; webhooks wait for the grace counted from the node's deadline.
-# At most `limit` entries per call, so that Redis is never blocked for long: 0 if the node is
-# alive (or already gone), 2 if more is left (call again; any node may), 1 once all is removed.
+# At most `limit` entries per call, so that Redis is never blocked for long: {0} if the node is
+# alive (or already gone), {2, ...} if more is left (call again; any node may), {1, ...} once all is
+# removed; after the status, app id, channel and user of each member this call removed.
 # Each entry is removed exactly once, whichever nodes call.
 REAP = _script(r"""
 local dead, grace, force, limit = ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1', tonumber(ARGV[6])
@@ -192,7 +197,7 @@ local marker = node_key(dead, 'reaping')
 local due = redis.call('GET', marker)
 if not due then
   local deadline = alive(dead)
-  if not force and (not deadline or tonumber(deadline) > now) then return 0 end
+  if not force and (not deadline or tonumber(deadline) > now) then return {0} end
   due = (force or not deadline) and now + grace or math.max(now, tonumber(deadline) + grace)
   redis.call('ZREM', NODES, dead)
   redis.call('SET', marker, due)
@@ -200,13 +205,18 @@ if not due then
 end
 due = tonumber(due)
 local subs, users = node_key(dead, 'subs'), node_key(dead, 'users')
-local touched = {}
+local touched, reply = {}, {2}
 local held = redis.call('HRANDFIELD', subs, limit, 'WITHVALUES')
 for i = 1, #held, 2 do
   local where = split(held[i])
   redis.call('HDEL', subs, held[i])
   if redis.call('HDEL', where[1] .. ':ch:' .. where[2], where[3]) == 1 then
-    left(where[1], where[2], held[i + 1], due)
+    if left(where[1], where[2], held[i + 1], due) then
+      local _, app_id = app_info(where[1])
+      reply[#reply + 1] = app_id
+      reply[#reply + 1] = where[2]
+      reply[#reply + 1] = held[i + 1]
+    end
     touched[where[1] .. '\n' .. where[2]] = where
   end
 end
@@ -216,7 +226,7 @@ for i = 1, #signed, 2 do
   redis.call('HDEL', users, signed[i])
   signed_out(split(signed[i])[1], signed[i + 1])
 end
-if redis.call('EXISTS', subs, users) > 0 then return 2 end
+if redis.call('EXISTS', subs, users) > 0 then return reply end
 -- webhook events it took and never confirmed go back in the queue
 local taken = redis.call('HGETALL', node_key(dead, 'wh'))
 for i = 1, #taken, 2 do
@@ -225,19 +235,21 @@ for i = 1, #taken, 2 do
 end
 redis.call('DEL', node_key(dead, 'conns'), node_key(dead, 'wh'), marker)
 redis.call('SREM', P .. ':reaping', dead)
-return 1
+reply[1] = 1
+return reply
 """)
 
 # ARGV: P, N, AK, C, socket, user ("" off presence), user_info JSON, member limit,
 #       member_added frame text, "1" for a cache channel.
 # {-1}: this node is not registered; {-2}: the presence channel is full; else
-# {new (1/0), subscribers, cached frame or "", presence: user, info JSON, user, info JSON...}
+# {new (1/0), subscribers, cached frame or "", 1 if the user became a member (else 0),
+#  presence: user, info JSON, user, info JSON...}
 JOIN = _script(r"""
 if not alive(N) then return {-1} end
 local ak, channel, socket, user = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local subscribers = ak .. ':ch:' .. channel
 local flags, app_id = app_info(ak)
-local new = 0
+local new, member_added = 0, 0
 if redis.call('HEXISTS', subscribers, socket) == 0 then
   local mc = ak .. ':mc:' .. channel
   if user ~= '' and redis.call('HEXISTS', mc, user) == 0 and redis.call('HLEN', mc) >= tonumber(ARGV[8]) then
@@ -253,6 +265,7 @@ if redis.call('HEXISTS', subscribers, socket) == 0 then
     end
   end
   if user ~= '' and redis.call('HINCRBY', mc, user, 1) == 1 then
+    member_added = 1
     redis.call('HSET', ak .. ':mi:' .. channel, user, ARGV[7])
     redis.call('PUBLISH', ak .. ':e:' .. channel, 'E' .. socket .. '\n' .. ARGV[9])
     if not cancelled('r\n' .. ak .. '\n' .. channel .. '\n' .. user) and wants(flags, 'a') then
@@ -261,7 +274,7 @@ if redis.call('HEXISTS', subscribers, socket) == 0 then
   end
   count_changed(ak, channel, N)
 end
-local reply = {new, redis.call('HLEN', subscribers), ''}
+local reply = {new, redis.call('HLEN', subscribers), '', member_added}
 if ARGV[10] == '1' then
   local cached = redis.call('GET', ak .. ':cache:' .. channel)
   if cached then
@@ -272,23 +285,23 @@ if ARGV[10] == '1' then
 end
 if is_presence(channel) then
   local members = redis.call('HGETALL', ak .. ':mi:' .. channel)
-  for i = 1, #members do reply[3 + i] = members[i] end
+  for i = 1, #members do reply[4 + i] = members[i] end
 end
 return reply
 """)
 
-# ARGV: P, N, AK, C, socket, grace ms. The channel's subscribers left in the cluster, or -1 if the
-# socket was not subscribed.
+# ARGV: P, N, AK, C, socket, grace ms. {-1} if the socket was not subscribed, else {the channel's
+# subscribers left in the cluster, its user if no longer a member (else "")}.
 LEAVE = _script(r"""
 local ak, channel, socket = ARGV[3], ARGV[4], ARGV[5]
 local subscribers = ak .. ':ch:' .. channel
 local user = redis.call('HGET', subscribers, socket)
-if not user then return -1 end
+if not user then return {-1} end
 redis.call('HDEL', subscribers, socket)
 redis.call('HDEL', node_key(N, 'subs'), ak .. '\n' .. channel .. '\n' .. socket)
-left(ak, channel, user, now_ms() + tonumber(ARGV[6]))
+local member_gone = left(ak, channel, user, now_ms() + tonumber(ARGV[6]))
 count_changed(ak, channel, N)
-return redis.call('HLEN', subscribers)
+return {redis.call('HLEN', subscribers), member_gone and user or ''}
 """)
 
 # ARGV: P, N, AK, app id, socket, user, watched ids...

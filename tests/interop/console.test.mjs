@@ -178,6 +178,8 @@ for (const engine of ['redis', 'local']) describe(`debug console with two worker
       // Webhooks go out from the supervisor (local engine) or from each worker (Redis).
       apps: [appConfig({ webhooks: [{ url: receiver.url('/hooks'), event_types: ['channel_occupied'] }] })],
       server: { workers: 2 },
+      // A grace far longer than the wait for member_removed below: the console does not wait for it.
+      webhooks: { grace: 10 },
       cluster: engine === 'redis' ? redisCluster(redis, { prefix: 'console-workers' }) : null,
       console: { enabled: true, password: PASSWORD, api_token: TOKEN },
       stateDir,
@@ -218,6 +220,7 @@ for (const engine of ['redis', 'local']) describe(`debug console with two worker
     assert.equal(res.status, 200);
     const opened = new Map(); // socket id -> node
     const webhooks = [];
+    const members = [];
     const reading = (async () => {
       const decoder = new TextDecoder();
       let buffered = '';
@@ -229,6 +232,7 @@ for (const engine of ['redis', 'local']) describe(`debug console with two worker
           buffered = buffered.slice(nl + 1);
           if (entry.type === 'connection_opened') opened.set(entry.socket_id, entry.node);
           if (entry.type === 'webhook') webhooks.push(entry);
+          if (entry.type.startsWith('member_')) members.push([entry.type, entry.user_id, entry.channel]);
         }
       }
     })().catch(() => {});
@@ -247,6 +251,22 @@ for (const engine of ['redis', 'local']) describe(`debug console with two worker
     await subscribePusherJs(clients[0], 'console-workers-hooked');
     await pollUntil(() => webhooks.some((w) => w.outcome === 'sent' && w.status === 200),
       { timeout: 10000, what: 'the webhook attempt in the stream' });
+
+    // One user through two connections (on either worker): one entry each way in the whole host,
+    // when clients hear of it, long before the webhooks' grace.
+    const sdk = daemon.sdk();
+    const twins = [];
+    for (let i = 0; i < 2; i += 1) {
+      const twin = await connectPusherJs(daemon, sdkAuthOptions(sdk, { presenceData: () => ({ user_id: 'pat' }) }));
+      twins.push(twin);
+      await subscribePusherJs(twin, 'presence-console-workers');
+    }
+    await pollUntil(() => members.length === 1, { timeout: 5000, what: 'member_added in the stream' });
+    for (const twin of twins) disconnectPusherJs(twin);
+    await pollUntil(() => members.length === 2, { timeout: 5000, what: 'member_removed in the stream' });
+    await delay(300); // nothing more comes
+    assert.deepEqual(members, [['member_added', 'pat', 'presence-console-workers'],
+      ['member_removed', 'pat', 'presence-console-workers']]);
     controller.abort();
     await reading;
   });
