@@ -16,16 +16,14 @@ class Channel:
     """One channel with subscribers on this node, in subscription order.
 
     On presence channels ``user_of_socket`` says which user each socket joined as (client events
-    carry it, and leaving tells the engine which member may be gone), and ``info_of_user`` the
-    user_info each member here gave (the debug console shows it)."""
+    carry it, and leaving tells the engine which member may be gone)."""
 
-    __slots__ = ("name", "subscribers", "user_of_socket", "info_of_user")
+    __slots__ = ("name", "subscribers", "user_of_socket")
 
     def __init__(self, name: str):
         self.name = name
         self.subscribers: dict[str, Any] = {}
         self.user_of_socket: dict[str, str] | None = None
-        self.info_of_user: dict[str, Any] | None = None
 
 
 class AppChannels:
@@ -45,10 +43,8 @@ class AppChannels:
             counts[kind] = counts.get(kind, 0) + len(channel.subscribers)
         return counts
 
-    def add(self, connection: Any, name: str, user_id: str | None = None,
-            user_info: Any = None) -> bool:
-        """Add a subscriber (on presence channels, as ``user_id`` with ``user_info``); False if it
-        already was one."""
+    def add(self, connection: Any, name: str, user_id: str | None = None) -> bool:
+        """Add a subscriber (on presence channels, as ``user_id``); False if it already was one."""
         channel = self._channels.get(name)
         if channel is None:
             channel = self._channels[name] = Channel(name)
@@ -61,9 +57,8 @@ class AppChannels:
         connection.channels.add(name)
         if user_id is not None:
             if channel.user_of_socket is None:
-                channel.user_of_socket, channel.info_of_user = {}, {}
+                channel.user_of_socket = {}
             channel.user_of_socket[socket_id] = user_id
-            channel.info_of_user[user_id] = user_info
         return True
 
     def remove(self, connection: Any, name: str) -> tuple[bool, str | None]:
@@ -74,8 +69,6 @@ class AppChannels:
             return False, None
         connection.channels.discard(name)
         user_id = channel.user_of_socket.pop(socket_id, None) if channel.user_of_socket else None
-        if user_id is not None and user_id not in channel.user_of_socket.values():
-            del channel.info_of_user[user_id]
         if not channel.subscribers:
             del self._channels[name]
         return True, user_id
@@ -95,11 +88,6 @@ class AppChannels:
         if channel is None or channel.user_of_socket is None:
             return None
         return channel.user_of_socket.get(socket_id)
-
-    def member_infos(self, name: str) -> dict[str, Any]:
-        """user_id -> user_info of the presence members connected to this node."""
-        channel = self._channels.get(name)
-        return dict(channel.info_of_user) if channel is not None and channel.info_of_user else {}
 
     def __len__(self) -> int:
         return len(self._channels)

@@ -8,8 +8,8 @@ the JSON API the page (and scripts) use. Everything the page needs is in the pac
     GET  /console/api/session          {"signed_in", "csrf", "node", "apps", "types"}
     GET  /console/api/stream?app=ID    entries as newline-delimited JSON, for as long as it is read
     GET  /console/api/channels?app=ID  occupied channels with subscription (and user) counts
-    GET  /console/api/channel?app=ID&channel=NAME   members (with user_info here), cache and TTL
-    GET  /console/api/user?app=ID&user_id=ID        that user's connections on this node
+    GET  /console/api/channel?app=ID&channel=NAME   members with their user_info, cache and TTL
+    GET  /console/api/user?app=ID&user_id=ID        that user's connections in the cluster
     GET  /console/api/stats?app=ID     connections and messages per second, the last minutes
     POST /console/api/trigger          {"app", "channels", "name", "data"}: as POST /events
     POST /console/api/terminate        {"app", "user_id"}: as terminate_connections
@@ -339,10 +339,9 @@ class Console:
         name = (request.args.get(b"channel") or [b""])[0].decode("utf-8", "replace")
         body = {"name": name}
         if name.startswith("presence-"):
-            user_ids = await self.hub.channel_members(app.id, name)
-            infos = self.hub.member_infos_here(app.id, name)
-            body["members"] = [{"id": user_id, "user_info": infos.get(user_id)}
-                               for user_id in user_ids]
+            members = await self.hub.channel_members(app.id, name)
+            body["members"] = [{"id": user_id, "user_info": info}
+                               for user_id, info in sorted(members.items())]
         if "cache-" in name:
             cached = await self.hub.cached_event(app.id, name)
             body["cache"] = None if cached is None else {
@@ -350,14 +349,21 @@ class Console:
         return _json(request, 200, body)
 
     @app.route("/console/api/user", methods=["GET"])
-    def user(self, request):
+    async def user(self, request):
         self._check_read(request)
         app = self._app(request)
         user_id = (request.args.get(b"user_id") or [b""])[0].decode("utf-8", "replace")
-        return _json(request, 200, {"user_id": user_id, "node": self.feed.node, "connections": [
-            {"socket_id": c.socket_id, "address": c.remote_address,
-             "channels": sorted(c.channels), "user_info": c.user_info}
-            for c in self.hub.users.connections_of(app.id, user_id)]})
+        signed_in = await self.hub.user_sockets(app.id, user_id)
+        # Details of the connections on this node; the others by socket id (its node's number).
+        here = {c.socket_id: c for c in self.hub.users.connections_of(app.id, user_id)}
+        connections = []
+        for socket_id in sorted(set(signed_in) | set(here)):
+            c = here.get(socket_id)
+            connections.append({"socket_id": socket_id, "on_this_node": False} if c is None else {
+                "socket_id": socket_id, "on_this_node": True, "address": c.remote_address,
+                "channels": sorted(c.channels), "user_info": c.user_info})
+        return _json(request, 200, {"user_id": user_id, "node": self.feed.node,
+                                    "connections": connections})
 
     @app.route("/console/api/stats", methods=["GET"])
     def stats_(self, request):

@@ -160,10 +160,6 @@ class Hub:
         self._waiting_for_no_connections.append(waiter)
         return waiter
 
-    def member_infos_here(self, app_id: str, name: str) -> dict[str, Any]:
-        channels = self._channels.get(app_id)
-        return channels.member_infos(name) if channels is not None else {}
-
     def subscriptions_by_type(self, app_id: str) -> dict[str, int]:
         channels = self._channels.get(app_id)
         return channels.subscriptions_by_type() if channels is not None else {}
@@ -193,8 +189,7 @@ class Hub:
                 # Closed while the cluster was answering: undo what it recorded (leave is idempotent).
                 self.cluster.leave(connection.app, name, connection.socket_id, user_id)
             else:
-                self._channels[connection.app.id].add(connection, name, user_id,
-                                                      member[1] if member is not None else None)
+                self._channels[connection.app.id].add(connection, name, user_id)
                 if self.feed.watching:
                     self.feed.add(connection.app.id, "subscribed", channel=name,
                                   socket_id=connection.socket_id, user_id=user_id)
@@ -405,8 +400,12 @@ class Hub:
         return self.cluster.occupied_channels(app_id, prefix)
 
     def channel_members(self, app_id: str, name: str) -> Deferred:
-        """Deferred of the user ids present on a presence channel, cluster-wide."""
+        """Deferred of {user_id: user_info} of a presence channel's members, cluster-wide."""
         return self.cluster.channel_members(app_id, name)
+
+    def user_sockets(self, app_id: str, user_id: str) -> Deferred:
+        """Deferred of the ids of the user's signed-in sockets, cluster-wide."""
+        return self.cluster.user_sockets(app_id, user_id)
 
     def cached_event(self, app_id: str, name: str) -> Deferred:
         """Deferred of the cache channel's last event (CachedEvent) or None."""

@@ -229,6 +229,9 @@ class ClusterContract:
         stats = yield a.cluster.channel_stats(APP.id, ["presence-r"])
         self.assertEqual((stats["presence-r"].user_count, stats["presence-r"].subscription_count),
                          (2, 2))
+        # Any node lists every member with its user_info (the console's inspector shows them).
+        members = yield b.cluster.channel_members(APP.id, "presence-r")
+        self.assertEqual(members, {"alice": {"n": "A"}, "bob": None})
         self.assertEqual(sorted(all_webhooks([a, b], "member_added"), key=str), [
             {"name": "member_added", "channel": "presence-r", "user_id": "alice"},
             {"name": "member_added", "channel": "presence-r", "user_id": "bob"}])
@@ -241,7 +244,7 @@ class ClusterContract:
         joined = yield b.cluster.join(APP, "presence-r", b.socket(2), ("u", None))
         self.assertEqual(joined.members, {"u": None})
         members = yield b.cluster.channel_members(APP.id, "presence-r")
-        self.assertEqual(members, ["u"])
+        self.assertEqual(members, {"u": None})
         a.cluster.leave(APP, "presence-r", a.socket(1), "u")
         yield self.settle([a, b])
         self.assertEqual(len(a.listener.events_named(protocol.MEMBER_ADDED)), 1)
@@ -352,6 +355,29 @@ class ClusterContract:
         for node in distinct([a, b]):
             self.assertEqual([c for c in node.listener.online if c[1] == "u2"],
                              [(APP.id, "u2", True), (APP.id, "u2", False)])
+
+    @inlineCallbacks
+    def test_any_node_lists_the_sockets_of_a_user_in_the_cluster(self):
+        """For the console's inspector: every signed-in socket of the user, wherever it is."""
+        a, b = yield self.make_nodes(2)
+        yield a.cluster.sign_in(APP, a.socket(1), "u1", ())
+        yield b.cluster.sign_in(APP, b.socket(2), "u1", ())
+        yield b.cluster.sign_in(APP, b.socket(3), "u2", ())
+        yield a.cluster.sign_in(APP, a.socket(4), "u1", ())
+        listed = yield a.cluster.user_sockets(APP.id, "u1")
+        expected = sorted({a.socket(1), b.socket(2), a.socket(4)})
+        self.assertEqual(listed, expected)
+        other_app = yield b.cluster.user_sockets(OTHER_APP.id, "u1")
+        self.assertEqual(other_app, [])
+        b.cluster.sign_out(APP, b.socket(2), "u1")
+        yield self.settle([a, b])
+        listed = yield b.cluster.user_sockets(APP.id, "u1")
+        self.assertEqual(listed, sorted({a.socket(1), a.socket(4)}))
+        for socket_id in (a.socket(1), a.socket(4)):
+            a.cluster.sign_out(APP, socket_id, "u1")
+        yield self.settle([a, b])
+        listed = yield b.cluster.user_sockets(APP.id, "u1")
+        self.assertEqual(listed, [])
 
     @inlineCallbacks
     def test_terminate_reaches_every_node(self):

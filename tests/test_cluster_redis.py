@@ -88,6 +88,7 @@ class RedisFailureTests(RedisNodes, unittest.TestCase):
         self.assertEqual([change for change in all_member_changes([a, c]) if not change[3]],
                          [(APP.id, "presence-room", "bob", False)])
         self.assertIn((APP.id, "bob", False), a.listener.online)
+        self.assertEqual(await a.cluster.user_sockets(APP.id, "bob"), [])
         stats = await a.cluster.channel_stats(APP.id, ["presence-room", "news"])
         self.assertEqual(stats["presence-room"].user_count, 1)
         self.assertFalse(stats["news"].occupied)
@@ -225,7 +226,7 @@ class RedisFailureTests(RedisNodes, unittest.TestCase):
         await wait_until(lambda: b.listener.lost and b.cluster.ready, "b to join again", 5)
         self.assertNotEqual(b.cluster.node_number, old)
         members = await a.cluster.channel_members(APP.id, "presence-room")
-        self.assertEqual(members, [])
+        self.assertEqual(members, {})
         channel = f"{b.cluster._app_keys[APP.id]}:e:presence-room"
         self.assertEqual(await redis.execute("PUBSUB", "NUMSUB", channel), [channel.encode(), 0],
                          "the old incarnation's subscriptions went with its connection")

@@ -149,12 +149,17 @@ class OccupiedQuery(amp.Command):
 
 class MembersQuery(amp.Command):
     arguments = [(b"app_id", _text()), (b"channel", _text())]
-    response = [(b"user_ids", BigJson())]
+    response = [(b"members", BigJson())]  # user_id -> user_info
 
 
 class CachedQuery(amp.Command):
     arguments = [(b"app_id", _text()), (b"channel", _text())]
     response = [(b"event", BigJson(optional=True))]  # [text, name, data, ttl]
+
+
+class UserSocketsQuery(amp.Command):
+    arguments = [(b"app_id", _text()), (b"user_id", _text())]
+    response = [(b"socket_ids", BigJson())]
 
 
 class TerminateUser(amp.Command):

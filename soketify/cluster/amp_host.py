@@ -100,10 +100,15 @@ class WorkerLink(cmd.QuietAMP):
     def occupied(self, app_id, prefix):
         return self.host.state.occupied_channels(app_id, prefix).addCallback(_stats_answer)
 
+    @cmd.UserSocketsQuery.responder
+    def user_sockets(self, app_id, user_id):
+        return self.host.state.user_sockets(app_id, user_id).addCallback(
+            lambda ids: {"socket_ids": ids})
+
     @cmd.MembersQuery.responder
     def members(self, app_id, channel):
         return self.host.state.channel_members(app_id, channel).addCallback(
-            lambda ids: {"user_ids": ids})
+            lambda members: {"members": members})
 
     @cmd.CachedQuery.responder
     def cached(self, app_id, channel):

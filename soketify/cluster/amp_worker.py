@@ -347,7 +347,11 @@ class AmpCluster(service.Service):
 
     def channel_members(self, app_id, channel):
         return self.supervision.call(cmd.MembersQuery, app_id=app_id, channel=channel
-                                     ).addCallback(lambda answer: answer["user_ids"])
+                                     ).addCallback(lambda answer: answer["members"])
+
+    def user_sockets(self, app_id, user_id):
+        return self.supervision.call(cmd.UserSocketsQuery, app_id=app_id, user_id=user_id
+                                     ).addCallback(lambda answer: answer["socket_ids"])
 
     def cached_event(self, app_id, channel):
         def event(answer):

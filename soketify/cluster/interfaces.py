@@ -168,7 +168,10 @@ class ICluster(IService):
         """Deferred of {name: ChannelStats} for every occupied channel whose name has the prefix."""
 
     def channel_members(app_id: str, channel: str):
-        """Deferred of the user ids present on a presence channel."""
+        """Deferred of {user_id: user_info} of the members present on a presence channel."""
+
+    def user_sockets(app_id: str, user_id: str):
+        """Deferred of the ids of the sockets signed in as the user, cluster-wide."""
 
     def cached_event(app_id: str, channel: str):
         """Deferred of the cache channel's CachedEvent, or None."""

@@ -202,6 +202,9 @@ class LocalCluster(service.Service):
             del users[user_id]
             self._listener.user_online_changed(app_id, user_id, False)
 
+    def user_sockets(self, app_id: str, user_id: str):
+        return succeed(sorted(self._users.get(app_id, {}).get(user_id, ())))
+
     def terminate_user(self, app_id: str, user_id: str):
         # A listener standing for many processes (the supervisor's) answers later.
         return maybeDeferred(self._listener.terminate_user_here, app_id, user_id)
@@ -228,7 +231,7 @@ class LocalCluster(service.Service):
 
     def channel_members(self, app_id: str, channel: str):
         state = self._channels.get(app_id, {}).get(channel)
-        return succeed(list(state.members) if state is not None and state.members else [])
+        return succeed(state.snapshot() if state is not None and state.members else {})
 
     def cached_event(self, app_id: str, channel: str):
         return succeed(self.cache.get(app_id, channel))

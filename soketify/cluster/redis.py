@@ -535,8 +535,17 @@ class RedisCluster(service.Service):
         redis = self._redis
         if redis is None:
             return fail(ClusterUnavailable())
-        answer = redis.execute("HKEYS", f"{self._app_keys[app_id]}:mc:{channel}")
-        return answer.addCallbacks(lambda ids: [i.decode() for i in ids], _unavailable)
+        answer = redis.execute("HGETALL", f"{self._app_keys[app_id]}:mi:{channel}")
+        return answer.addCallbacks(
+            lambda infos: {user.decode(): json.loads(info) for user, info in infos.items()},
+            _unavailable)
+
+    def user_sockets(self, app_id: str, user_id: str):
+        redis = self._redis
+        if redis is None:
+            return fail(ClusterUnavailable())
+        answer = redis.execute("SMEMBERS", f"{self._app_keys[app_id]}:us:{user_id}")
+        return answer.addCallbacks(lambda ids: sorted(i.decode() for i in ids), _unavailable)
 
     def cached_event(self, app_id: str, channel: str):
         answer = self._query(scripts.CACHED, self._app_keys[app_id], channel)

@@ -11,6 +11,7 @@ mistaken for another; C is a channel name, which never holds ``:``):
 - ``AK:occ``             set of occupied channel names.
 - ``AK:mc:C`` / ``AK:mi:C``  presence: user -> connections in the cluster / user -> user_info JSON.
 - ``AK:users``           hash: user -> signed-in connections in the cluster (online while present).
+- ``AK:us:U``            set of the sockets signed in as user U, cluster-wide (the console lists them).
 - ``AK:cache:C``         the last event of a cache channel (frame text), with its TTL (PX).
 - ``AK:miss:C``          set while a cache_miss webhook was sent for the still empty channel.
 - ``P:n:<node>:subs``    hash: "AK\\nC\\nsocket" -> user: what a node holds, for its clean-up.
@@ -133,7 +134,8 @@ local function left(ak, channel, user, due)
   return member_gone
 end
 
-local function signed_out(ak, user)
+local function signed_out(ak, user, socket)
+  redis.call('SREM', ak .. ':us:' .. user, socket)
   local users = ak .. ':users'
   if redis.call('HINCRBY', users, user, -1) <= 0 then
     redis.call('HDEL', users, user)
@@ -224,7 +226,8 @@ for _, where in pairs(touched) do count_changed(where[1], where[2], '') end
 local signed = redis.call('HRANDFIELD', users, math.max(1, limit - math.floor(#held / 2)), 'WITHVALUES')
 for i = 1, #signed, 2 do
   redis.call('HDEL', users, signed[i])
-  signed_out(split(signed[i])[1], signed[i + 1])
+  local where = split(signed[i])
+  signed_out(where[1], signed[i + 1], where[2])
 end
 if redis.call('EXISTS', subs, users) > 0 then return reply end
 -- webhook events it took and never confirmed go back in the queue
@@ -311,6 +314,7 @@ if not alive(N) then return {-1} end
 local ak, user = ARGV[3], ARGV[6]
 local users = ak .. ':users'
 if redis.call('HSETNX', node_key(N, 'users'), ak .. '\n' .. ARGV[5], user) == 1 then
+  redis.call('SADD', ak .. ':us:' .. user, ARGV[5])
   if redis.call('HINCRBY', users, user, 1) == 1 then
     redis.call('PUBLISH', P .. ':ctl', 'U1\n' .. ARGV[4] .. '\n' .. user)
   end
@@ -326,7 +330,7 @@ local field = ARGV[3] .. '\n' .. ARGV[4]
 local user = redis.call('HGET', node_key(N, 'users'), field)
 if not user then return 0 end
 redis.call('HDEL', node_key(N, 'users'), field)
-signed_out(ARGV[3], user)
+signed_out(ARGV[3], user, ARGV[4])
 return 1
 """)
 

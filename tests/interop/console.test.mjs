@@ -204,7 +204,7 @@ for (const engine of ['redis', 'local']) describe(`debug console with two worker
     assert.equal(login.status, 200);
     const cookie = login.headers.get('set-cookie').split(';')[0];
     const nodes = new Set();
-    for (let i = 0; i < 12; i += 1) {
+    for (let i = 0; i < 40 && (i < 4 || nodes.size < 2); i += 1) {
       const session = await (await fresh(`${daemon.baseUrl}/console/api/session`, { headers: { Cookie: cookie } })).json();
       assert.equal(session.signed_in, true);
       nodes.add(session.node);
@@ -269,5 +269,42 @@ for (const engine of ['redis', 'local']) describe(`debug console with two worker
       ['member_removed', 'pat', 'presence-console-workers']]);
     controller.abort();
     await reading;
+  });
+
+  it("the inspector on any worker shows a user's connections on every worker and members' user_info", async () => {
+    const login = await fresh(`${daemon.baseUrl}/console/api/login`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ password: PASSWORD }),
+    });
+    const cookie = login.headers.get('set-cookie').split(';')[0];
+    const sdk = daemon.sdk();
+    // A socket id starts with its worker's number: sign in until the user is on both (bounded).
+    const sockets = [];
+    const workersOf = () => new Set(sockets.map((id) => id.split('.')[0]));
+    while (sockets.length < 40 && workersOf().size < 2) {
+      const client = await connectPusherJs(daemon, sdkAuthOptions(sdk, {
+        userData: () => ({ id: 'quinn' }),
+        presenceData: () => ({ user_id: 'quinn', user_info: { name: 'Quinn' } }),
+      }));
+      clients.push(client);
+      await signInPusherJs(client, 'quinn');
+      sockets.push(client.connection.socket_id);
+    }
+    assert.equal(workersOf().size, 2, `signed in on both workers after ${sockets.length} connections`);
+    await subscribePusherJs(clients.at(-1), 'presence-inspected');
+    const answeredBy = new Set();
+    // Until both workers answered (40 fresh connections hashed to one alone: once in 2^39 runs).
+    for (let i = 0; i < 40 && (i < 4 || answeredBy.size < 2); i += 1) {
+      const user = await (await fresh(`${daemon.baseUrl}/console/api/user?app=${APP.id}&user_id=quinn`,
+        { headers: { Cookie: cookie } })).json();
+      answeredBy.add(user.node);
+      assert.deepEqual(user.connections.map((c) => c.socket_id), [...sockets].sort());
+      const here = user.connections.filter((c) => c.on_this_node);
+      assert.ok(here.length > 0 && here.length < sockets.length, 'details of its own, ids of the others');
+      assert.ok(here.every((c) => c.address === '127.0.0.1'));
+      const channel = await (await fresh(`${daemon.baseUrl}/console/api/channel?app=${APP.id}&channel=presence-inspected`,
+        { headers: { Cookie: cookie } })).json();
+      assert.deepEqual(channel.members, [{ id: 'quinn', user_info: { name: 'Quinn' } }]);
+    }
+    assert.equal(answeredBy.size, 2, `answered by ${[...answeredBy]}`);
   });
 });
