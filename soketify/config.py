@@ -17,6 +17,8 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Callable, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from soketify.console_auth import parse_hash
+
 DEFAULT_CONFIG_PATH = "/etc/soketify/soketify.toml"
 
 # The public development app used when no config file exists at all.
@@ -334,12 +336,13 @@ class LogConfig:
 
 def password_hash_format(value: str) -> str | None:
     """"scrypt:N:r:p:salt:hash" (salt and hash in base64), as `python -m soketify.console_auth`
-    prints it; empty: none."""
+    prints it, that can be checked; empty: none."""
     if not value:
         return None
-    parts = value.split(":")
-    if len(parts) != 6 or parts[0] != "scrypt" or not all(p.isdigit() for p in parts[1:4]):
-        return ('must be "scrypt:N:r:p:salt:hash" as printed by python -m soketify.console_auth')
+    try:
+        parse_hash(value)
+    except ValueError as problem:
+        return str(problem)
     return None
 
 

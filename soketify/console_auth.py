@@ -8,6 +8,7 @@ slowing the next attempt.
 from __future__ import annotations
 
 import base64
+import binascii
 import getpass
 import hashlib
 import hmac
@@ -17,6 +18,7 @@ import sys
 
 # scrypt's cost for new hashes: about 50 ms and 16 MB here.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 14, 8, 1
+SCRYPT_MAXMEM = 256 * 1024 * 1024
 SESSION_SECONDS = 12 * 3600
 # After this many wrong passwords from one address, each next attempt waits 1 s, 2 s, 4 s ... 60 s.
 FREE_FAILURES = 3
@@ -48,17 +50,34 @@ def hash_password(password: str, salt: bytes | None = None) -> str:
                                       base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
 
 
+def parse_hash(password_hash: str) -> tuple[int, int, int, bytes, bytes]:
+    """(N, r, p, salt, hash) of "scrypt:N:r:p:salt:hash"; ValueError saying what is wrong."""
+    parts = password_hash.split(":")
+    try:
+        if len(parts) != 6 or parts[0] != "scrypt":
+            raise ValueError
+        n, r, p = (int(part) for part in parts[1:4])
+        salt, digest = (base64.b64decode(part, validate=True) for part in parts[4:])
+    except (ValueError, binascii.Error):
+        raise ValueError('must be "scrypt:N:r:p:salt:hash" (salt and hash in base64) as printed '
+                         'by python -m soketify.console_auth') from None
+    if n < 2 or n & (n - 1) or r < 1 or p < 1 or not digest:
+        raise ValueError("needs N a power of 2, r and p at least 1, and a hash")
+    if 128 * r * (n + 2 + p) > SCRYPT_MAXMEM:  # what OpenSSL needs, checked before it runs
+        raise ValueError(f"needs more than {SCRYPT_MAXMEM >> 20} MB to check: lower N or r")
+    return n, r, p, salt, digest
+
+
 def password_matches(given: str, password: str, password_hash: str) -> bool:
-    """Constant time for a given length of secret; a hash is checked when configured."""
+    """Constant time whatever is given; a hash is checked when configured (the config check
+    made sure it parses)."""
     if password_hash:
-        _, n, r, p, salt, expected = password_hash.split(":")
-        try:
-            digest = hashlib.scrypt(given.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r),
-                                    p=int(p), maxmem=256 * 1024 * 1024)
-            return hmac.compare_digest(digest, base64.b64decode(expected))
-        except ValueError:
-            return False
-    return bool(password) and hmac.compare_digest(given.encode(), password.encode())
+        n, r, p, salt, expected = parse_hash(password_hash)
+        digest = hashlib.scrypt(given.encode(), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM)
+        return hmac.compare_digest(digest, expected)
+    # Digests of equal length: the time says nothing of the password's length either.
+    return bool(password) and hmac.compare_digest(hashlib.sha256(given.encode()).digest(),
+                                                  hashlib.sha256(password.encode()).digest())
 
 
 def token_matches(header: bytes | None, token: str) -> bool:
@@ -105,7 +124,8 @@ class Sessions:
         """The CSRF token of a valid, unexpired session, or None."""
         body, _, signature = (session or "").rpartition(".")
         expiry = body.partition(".")[0]
-        if not body or not expiry.isdigit() or not hmac.compare_digest(signature, self._sign(body)):
+        if not body or not expiry.isdigit() or not hmac.compare_digest(
+                signature.encode(), self._sign(body).encode()):
             return None
         if int(expiry) < self._clock.seconds() or session in self._revoked:
             return None

@@ -21,14 +21,17 @@ and its ``X-CSRF-Token``. Without a password (the development default) every req
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
 from http.cookies import SimpleCookie
+from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
@@ -65,8 +68,28 @@ class Refused(Exception):
         self.status = status
 
 
+def _addressed_directly(request) -> bool:
+    """Asked for by IP address or as localhost. A page of another site whose name was rebound to
+    this server's address (DNS rebinding) asks by that name: without a password, it is refused."""
+    host = (request.getHeader(b"host") or b"").decode("latin-1")
+    if not host:
+        return True  # no browser leaves it out
+    try:
+        name = urlsplit("//" + host).hostname or ""
+    except ValueError:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _json(request, status: int, body) -> bytes:
     request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
     return json_answer(request, status, json.dumps(body, separators=(",", ":"), default=str).encode())
 
 
@@ -130,24 +153,36 @@ class Console:
 
     def reconfigure(self, settings) -> None:
         """A reload's [console]: password, token and apps apply to the next request; a changed
-        password or token signs everyone out and ends the open streams."""
+        password or token signs everyone out, and with changed apps too the open streams end
+        (each was opened for the apps shown then)."""
         old, self.settings = self.settings, settings
         if settings.password or settings.password_hash:
             self.open_to_all = False
         if (old.password, old.password_hash) != (settings.password, settings.password_hash):
             self.sessions.rekey(settings.password_hash or settings.password)
-        if (old.password, old.password_hash, old.api_token) != (
-                settings.password, settings.password_hash, settings.api_token):
+        if (old.password, old.password_hash, old.api_token, old.apps) != (
+                settings.password, settings.password_hash, settings.api_token, settings.apps):
             for request in list(self.streams):
                 request.loseConnection()
 
     # -- who is asking -------------------------------------------------------------------------
 
     def _session(self, request) -> str | None:
-        return request.getCookie(COOKIE).decode() if request.getCookie(COOKIE) else None
+        # Whatever bytes a client sends: a value that is not ours is simply no session.
+        cookie = request.getCookie(COOKIE)
+        return cookie.decode("utf-8", "replace") if cookie else None
+
+    def _open_to(self, request) -> bool:
+        """No password is asked (the development default) of this request."""
+        return self.open_to_all and _addressed_directly(request)
+
+    def _check_direct_when_open(self, request) -> None:
+        if self.open_to_all and not _addressed_directly(request):
+            raise Refused(403, "Without a password the console answers only requests for an IP "
+                               "address or localhost")
 
     def _may_read(self, request) -> bool:
-        return (self.open_to_all or self.sessions.csrf_of(self._session(request)) is not None
+        return (self._open_to(request) or self.sessions.csrf_of(self._session(request)) is not None
                 or token_matches(request.getHeader(b"authorization"), self.settings.api_token))
 
     def _check_read(self, request) -> None:
@@ -171,6 +206,7 @@ class Console:
         """A signed-in browser's action: its session and the CSRF token of that session."""
         self._check_same_origin(request)
         if self.open_to_all:
+            self._check_direct_when_open(request)
             return
         csrf = self.sessions.csrf_of(self._session(request))
         given = (request.getHeader(b"x-csrf-token") or b"").decode("utf-8", "replace")
@@ -192,6 +228,8 @@ class Console:
 
     @staticmethod
     def _body(request) -> dict:
+        if getattr(request, "body_too_large", False):
+            raise Refused(413, "Request body is too large")
         try:
             body = json.loads(request.content.read() or b"{}")
         except ValueError:
@@ -227,6 +265,7 @@ class Console:
     @app.route("/console/api/login", methods=["POST"])
     async def login(self, request):
         self._check_same_origin(request)
+        self._check_direct_when_open(request)
         address = str(getattr(request.getClientAddress(), "host", request.getClientAddress()))
         wait = self.sessions.wait_before_trying(address)
         if wait > 0:
@@ -267,6 +306,7 @@ class Console:
 
     @app.route("/console/api/session", methods=["GET"])
     def session(self, request):
+        self._check_direct_when_open(request)
         signed_in = self.open_to_all or self.sessions.csrf_of(self._session(request)) is not None
         body = {"signed_in": signed_in, "password_needed": not self.open_to_all}
         if signed_in:
@@ -300,8 +340,9 @@ class Console:
         def write(entries, skipped):
             lines = [json.dumps(entry, separators=(",", ":"), default=str) for entry in entries]
             if skipped:
+                # Of every app the stream shows: app_id null.
                 lines.append(json.dumps({"time": round(self.clock.seconds(), 3),
-                                         "node": self.feed.node, "type": "skipped",
+                                         "node": self.feed.node, "app_id": None, "type": "skipped",
                                          "count": skipped}))
             request.write(("\n".join(lines) + "\n").encode())
         viewer = Viewer(self.clock, write, app_ids, stalled=(STALLED_SECONDS, request.loseConnection))
@@ -310,7 +351,8 @@ class Console:
         request.registerProducer(_StreamProducer(viewer), True)
         # A first line at once: the reader knows it is connected (browsers buffer nothing then).
         request.write(json.dumps({"time": round(self.clock.seconds(), 3), "node": self.feed.node,
-                                  "type": "stream_opened", "apps": app_ids}).encode() + b"\n")
+                                  "app_id": None, "type": "stream_opened",
+                                  "apps": app_ids}).encode() + b"\n")
 
         def gone(_):
             self.streams.pop(request, None)
@@ -380,7 +422,11 @@ class Console:
         app = self._app(request, str(body.get("app", "")))
         event = {key: body[key] for key in ("channels", "channel", "name", "data", "socket_id")
                  if key in body}
-        self.api.publish_from_console(app, event)
+        try:
+            self.api.publish_from_console(app, event)
+        except (ApiError, ClusterUnavailable):
+            # Answered as POST /events would be, and a refusal is in the log with its reason.
+            return json_answer(request, *self.api.error_answer(Failure(), app.id))
         return _json(request, 200, {"ok": True})
 
     @app.route("/console/api/terminate", methods=["POST"])

@@ -141,12 +141,11 @@ class Hub:
         self._connection_counts[app.id] -= 1
         self.traffic[app.id].disconnections += 1
         self.cluster.connection_closed(app.id)
-        socket_id = connection.socket_id
         for name, user_id in self._channels[app.id].remove_connection(connection):
-            self._leave(app, name, socket_id, user_id)
+            self._leave(connection, name, user_id)
         if connection.user_id is not None:
             self.users.remove(app.id, connection)
-            self.cluster.sign_out(app, socket_id, connection.user_id)
+            self.cluster.sign_out(app, connection.socket_id, connection.user_id)
         if not self.connections and self._waiting_for_no_connections:
             waiting, self._waiting_for_no_connections = self._waiting_for_no_connections, []
             for waiter in waiting:
@@ -192,7 +191,8 @@ class Hub:
                 self._channels[connection.app.id].add(connection, name, user_id)
                 if self.feed.watching:
                     self.feed.add(connection.app.id, "subscribed", channel=name,
-                                  socket_id=connection.socket_id, user_id=user_id)
+                                  socket_id=connection.socket_id,
+                                  user_id=user_id or connection.user_id)
                     if result.new and result.subscription_count == 1:
                         self.feed.add(connection.app.id, "channel_occupied", channel=name)
                     if result.cached is None and protocol.is_cache(name):
@@ -208,13 +208,15 @@ class Hub:
     def unsubscribe(self, connection, name: str) -> None:
         removed, user_id = self._channels[connection.app.id].remove(connection, name)
         if removed:
-            self._leave(connection.app, name, connection.socket_id, user_id)
+            self._leave(connection, name, user_id)
 
-    def _leave(self, app: AppConfig, name: str, socket_id: str, user_id: str | None) -> None:
+    def _leave(self, connection, name: str, user_id: str | None) -> None:
+        """``user_id``: the presence member it was on this channel, if any."""
+        app = connection.app
         if self.feed.watching:
-            self.feed.add(app.id, "unsubscribed", channel=name, socket_id=socket_id,
-                          user_id=user_id)
-        left = self.cluster.leave(app, name, socket_id, user_id)
+            self.feed.add(app.id, "unsubscribed", channel=name, socket_id=connection.socket_id,
+                          user_id=user_id or connection.user_id)
+        left = self.cluster.leave(app, name, connection.socket_id, user_id)
         left.addCallback(self._left, app, name)
         left.addErrback(lambda f: log.failure("Counting subscribers after a leave failed", f))
 
@@ -316,7 +318,8 @@ class Hub:
     def refused(self, app_id: str, limit: str | None, reason: str = "",
                 socket_id: str | None = None, code: int | None = None) -> None:
         """Something of this app was refused: over ``limit`` (its [[apps]] key without "max_" and
-        "_kb": event_payload, presence_members, backend_events_per_second...), counted in
+        "_kb": event_payload, presence_members, backend_events_per_second...; message_size for
+        [server] max_message_size), counted in
         /metrics; or for another ``reason`` (a bad signature, an invalid channel name)."""
         if limit is not None and self._on_refusal is not None:
             self._on_refusal(app_id, limit)

@@ -158,9 +158,14 @@ class PusherServerProtocol(WebSocketServerProtocol):
             self._counted_address = None
         if self.socket_id is not None and not self.closed:
             try:
-                if self.factory.hub.feed.watching:
+                hub = self.factory.hub
+                if self.closedByMe and self.localCloseCode == self.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG:
+                    # Autobahn refused a frame over [server] max_message_size before we saw it.
+                    hub.refused(self.app.id, "message_size", "Message too big", self.socket_id,
+                                self.CLOSE_STATUS_CODE_MESSAGE_TOO_BIG)
+                if hub.feed.watching:
                     self.close_code, self.close_reason = self._close_as_seen(code, reason)
-                self.factory.hub.disconnect(self)
+                hub.disconnect(self)
             except Exception:
                 self._log.failure("Error forgetting closed connection {socket_id}",
                                   socket_id=self.socket_id)

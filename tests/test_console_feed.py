@@ -66,6 +66,20 @@ class EntryTests(unittest.TestCase):
         self.assertIn("private-x", refused[0]["reason"])
         self.assertEqual(refused[0]["socket_id"], client.socket_id)
 
+    def test_a_message_over_the_maximum_is_a_refusal_in_the_log(self):
+        """Autobahn refuses it before the session sees it; the console still says why."""
+        rig = Rig(self, make_config(server={"max_message_size": 1024}))
+        watcher = Watcher(rig)
+        client = rig.connect()
+        client.send("pusher:ping", {"pad": "x" * 2000})
+        client.events()
+        client.close(client.close_code)  # the client echoes the close
+        rig.advance(0.1)
+        [refused] = [e for e in watcher.entries if e["type"] == "refused"]
+        self.assertEqual((refused["code"], refused["limit"], refused["socket_id"]),
+                         (1009, "message_size", client.socket_id))
+        self.assertEqual(watcher.types()[-1], "connection_closed")
+
     def test_connections_refused_at_the_handshake_are_in_the_log(self):
         rig = Rig(self, make_config(apps=[{"id": "app-id", "key": "app-key", "secret": "app-secret",
                                            "max_connections": 1}]))
@@ -126,12 +140,16 @@ class EntryTests(unittest.TestCase):
         user_data = '{"id":"u1"}'
         client.send("pusher:signin", {"user_data": user_data, "auth": signing.user_auth(
             "app-key", "app-secret", client.socket_id, user_data)})
+        client.subscribe("news")
+        rig.advance(0.1)
+        [subscribed] = [e for e in watcher.entries if e["type"] == "subscribed"]
+        self.assertEqual(subscribed["user_id"], "u1")  # signed in, on a public channel
         answer = rig.signed("POST", "/apps/app-id/users/u1/terminate_connections", {})
         self.assertEqual(answer.status, 200)
         client.events()
         client.close(client.close_code)  # the client echoes the close
         rig.advance(1)
-        closed = watcher.entries[-1]
+        [closed] = [e for e in watcher.entries if e["type"] == "connection_closed"]
         self.assertEqual((closed["type"], closed["code"], closed["user_id"]),
                          ("connection_closed", protocol.UNAUTHORIZED, "u1"))
         self.assertIn("terminated", closed["reason"])

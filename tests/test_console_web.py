@@ -101,6 +101,35 @@ class AuthTests(unittest.TestCase):
         rig = console_rig(self, password="", password_hash=stored)
         self.assertEqual(sign_in(rig, "pw")[0].status, 200)
 
+    def test_a_cookie_that_is_not_ours_is_no_session_and_no_error(self):
+        rig = console_rig(self)
+        for value in ("1.x.\u00e9", "\u00ff\u00fe", "....", "9999999999.a.b"):
+            raw = value.encode("latin-1")
+            answer = rig.http("GET", "/console/api/session",
+                              headers={"Cookie": "soketify_console=" + raw.decode("latin-1")})
+            self.assertEqual((answer.status, answer.json()["signed_in"]), (200, False), value)
+        self.assertEqual(self.flushLoggedErrors(), [])  # no traceback logged
+
+    def test_a_hash_that_cannot_be_checked_is_a_config_problem(self):
+        from soketify.config import ConfigError
+        good = hash_password("pw")
+        for bad, problem in ((good.replace("scrypt:16384", "scrypt:16385"), "power of 2"),
+                             (good[:-4] + "!!!!", "base64"),
+                             ("scrypt:1048576:8:1:YWFh:YWFh", "more than 256 MB")):
+            with self.assertRaises(ConfigError) as caught:
+                make_config(console={"enabled": True, "password_hash": bad})
+            self.assertIn(problem, caught.exception.problems[0])
+
+    def test_a_body_over_the_limit_is_413_and_not_a_wrong_password(self):
+        rig = Rig(self, make_config(console={"enabled": True, "password": "s3cret"},
+                                    limits={"max_request_body_bytes": 1024}))
+        rig.service.console.run_check = lambda check, *args: succeed(check(*args))
+        big = json.dumps({"password": "x" * 4000}).encode()
+        for _ in range(5):
+            answer = rig.http("POST", "/console/api/login", big, JSON)
+            self.assertEqual(answer.status, 413)
+        self.assertEqual(sign_in(rig)[0].status, 200)  # never throttled
+
     def test_the_session_never_shows_a_secret(self):
         rig = console_rig(self)
         _, cookie = sign_in(rig)
@@ -181,9 +210,13 @@ class InspectorAndActionTests(unittest.TestCase):
         self.assertEqual(client.next_event()["event"], "from-console")
         too_big = json.dumps({"app": "app-id", "channels": ["news"], "name": "e",
                               "data": "x" * 20000}).encode()
+        watching = Stream(rig)  # open to all: no token needed
         answer = rig.http("POST", "/console/api/trigger", too_big, JSON)
         self.assertEqual(answer.status, 413)
         self.assertIn("error", answer.json())
+        [refused] = [e for e in watching.entries() if e["type"] == "refused"]
+        self.assertEqual((refused["code"], refused["limit"]), (413, "event_payload"))
+        watching.close()
         user_data = '{"id":"u1"}'
         client.send("pusher:signin", {"user_data": user_data, "auth": signing.user_auth(
             "app-key", "app-secret", client.socket_id, user_data)})
@@ -235,6 +268,22 @@ class BrowserGuardTests(unittest.TestCase):
         for path in ("/console/static/", "/console/static/index.html", "/console/static/../tap.py"):
             self.assertEqual(rig.http("GET", path).status, 404, path)
 
+    def test_without_a_password_only_requests_for_an_address_or_localhost_are_answered(self):
+        """A page of another site rebound to this address (DNS rebinding) asks by its own name."""
+        rig = self.open_rig()
+        for host in ("localhost:6001", "127.0.0.1:6001", "[::1]:6001", "10.0.0.5"):
+            answer = rig.http("GET", "/console/api/session", headers={"Host": host})
+            self.assertEqual((answer.status, answer.json()["signed_in"]), (200, True), host)
+        rebound = {"Host": "evil.example:6001"}
+        body = json.dumps({"app": "app-id", "channels": ["x"], "name": "e", "data": "d"}).encode()
+        self.assertEqual(rig.http("GET", "/console/api/session", headers=rebound).status, 403)
+        self.assertEqual(rig.http("GET", "/console/api/channels?app=app-id", headers=rebound).status,
+                         401)
+        self.assertEqual(rig.http("POST", "/console/api/trigger", body,
+                                  dict(JSON, **rebound)).status, 403)
+        self.assertEqual(rig.http("POST", "/console/api/login", b'{"password":""}',
+                                  dict(JSON, **rebound)).status, 403)
+
     def test_a_head_request_does_not_open_a_stream(self):
         rig = self.open_rig()
         self.assertEqual(rig.http("HEAD", "/console/api/stream").status, 405)
@@ -251,6 +300,17 @@ class BrowserGuardTests(unittest.TestCase):
         console.reconfigure(replace(console.settings, password="new one"))
         rig.advance(0.1)
         self.assertFalse(rig.http("GET", "/console/api/session", headers=session).json()["signed_in"])
+        self.assertFalse(rig.hub.feed.watching)
+        stream.close()
+
+    def test_a_reload_that_changes_the_apps_shown_ends_the_open_streams(self):
+        rig = console_rig(self)
+        stream = Stream(rig, headers={"Authorization": f"Bearer {TOKEN}"})
+        self.assertTrue(rig.hub.feed.watching)
+        from dataclasses import replace
+        console = rig.service.console
+        console.reconfigure(replace(console.settings, apps=("other",)))
+        rig.advance(0.1)
         self.assertFalse(rig.hub.feed.watching)
         stream.close()
 
