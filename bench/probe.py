@@ -78,7 +78,7 @@ def start_soketify(reactor, port):
     root = makeService(options, reactor)
     root.startService()
     service = root.getServiceNamed("soketify")
-    if os.environ.get("PROBE_CONSOLE_VIEWER"):
+    if os.environ.get("PROBE_CONSOLE_VIEWER") == "1":
         # One debug-console stream attached, its entries encoded as the stream does, then dropped.
         from soketify.console_feed import Viewer
         def write(entries, skipped):
