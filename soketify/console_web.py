@@ -37,6 +37,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
+from soketify import protocol
 from soketify.console_auth import Sessions, password_matches, token_matches
 from soketify.cluster.interfaces import ClusterUnavailable
 from soketify.console_feed import TYPES, Viewer
@@ -380,11 +381,11 @@ class Console:
         app = self._app(request)
         name = (request.args.get(b"channel") or [b""])[0].decode("utf-8", "replace")
         body = {"name": name}
-        if name.startswith("presence-"):
+        if protocol.is_presence(name):
             members = await self.hub.channel_members(app.id, name)
             body["members"] = [{"id": user_id, "user_info": info}
                                for user_id, info in sorted(members.items())]
-        if "cache-" in name:
+        if protocol.is_cache(name):
             cached = await self.hub.cached_event(app.id, name)
             body["cache"] = None if cached is None else {
                 "event": cached.name, "data": cached.data, "ttl": cached.ttl}

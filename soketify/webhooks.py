@@ -57,8 +57,8 @@ class NoCounts:
 
 
 def shown_url(url: str) -> str:
-    """A target's URL as the console shows it: without user:password@ or a ?query (either may
-    hold a secret)."""
+    """A target's URL as the console and the log show it: without user:password@ or a ?query
+    (either may hold a secret)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
@@ -169,13 +169,14 @@ class Target:
         delay *= 0.5 + self._jitter() / 2
         if now + delay - first_attempt_at > settings.retry_for:
             log.error("Dropping {count} webhook events for {url} after {seconds:.0f} s of failed "
-                      "attempts (last: {why})", count=len(batch), url=self.webhook.url,
+                      "attempts (last: {why})", count=len(batch), url=shown_url(self.webhook.url),
                       seconds=now - first_attempt_at, why=why)
             self._counts.webhook_dropped(self.app.id, len(batch))
             self._report("dropped", batch, attempt)
             self._done(batch)
             return
-        self._failures.log(self.webhook.url, url=self.webhook.url, why=why, delay=delay)
+        shown = shown_url(self.webhook.url)
+        self._failures.log(shown, url=shown, why=why, delay=delay)
         self._report("retrying", batch, attempt, retry_in=round(delay, 1))
         if not self._stopped:
             self._retry_call = self._clock.callLater(delay, self._attempt, batch, first_attempt_at,

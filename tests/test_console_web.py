@@ -198,6 +198,9 @@ class InspectorAndActionTests(unittest.TestCase):
         self.assertEqual(channels, [{"name": "presence-room", "subscription_count": 1, "user_count": 1}])
         detail = rig.http("GET", "/console/api/channel?app=app-id&channel=presence-room").json()
         self.assertEqual(detail["members"], [{"id": "alice", "user_info": {"name": "Alice"}}])
+        # A public channel whose name merely holds "cache-" has no cache to show.
+        public = rig.http("GET", "/console/api/channel?app=app-id&channel=my-cache-x").json()
+        self.assertEqual(public, {"name": "my-cache-x"})
 
     def test_trigger_takes_the_rest_path_and_terminate_closes_4009(self):
         rig = Rig(self, make_config(console={"enabled": True, "password": "p"}))

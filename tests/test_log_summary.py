@@ -62,13 +62,14 @@ class SummarisedTests(unittest.TestCase):
 
 class FailingWebhookTargetTests(unittest.TestCase):
     def test_a_failing_target_is_two_lines_a_minute(self):
-        """A target that keeps failing (retries every second here) is written once, then counted."""
+        """A target that keeps failing (retries every second here) is written once, then counted,
+        named without the credentials or query its URL may hold."""
         clock = Clock()
         log = Lines(self, "soketify.webhooks")
         receiver = Receiver()
         receiver.statuses = [500] * 1000
         app = parse({"apps": [{"id": "a", "key": "k", "secret": "s",
-                               "webhooks": [{"url": "http://hooks.test/x"}]}]}).apps[0]
+                               "webhooks": [{"url": "http://user:pw@hooks.test/x?token=t"}]}]}).apps[0]
         target = Target(app, app.webhooks[0], WebhookSettings(retry_for=3600), clock,
                         synchronous_outbox(), receiver.post, jitter=lambda: 0.0)
         target.restore([(1, '{"name":"channel_occupied","channel":"c"}')])
