@@ -108,6 +108,9 @@ class OwnMetricsTests(unittest.TestCase):
         self.assertEqual(found[("soketify_publish_to_write_seconds_count", ())], 4)
         self.assertGreater(found[("soketify_publish_to_write_seconds_sum", ())], 0)
         self.assertEqual(found[("soketify_publish_to_write_seconds_bucket", (("le", "+Inf"),))], 4)
+        # The engine's round trips, labelled with it (the local engine answers without one).
+        self.assertEqual(found[("soketify_cluster_round_trip_seconds_count",
+                                (("engine", "local"),))], 0)
 
     def test_webhook_events_queued_failed_delivered_and_their_wait(self):
         from tests.test_webhooks import make_rig, settle
