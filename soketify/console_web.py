@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 from klein import Klein
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThread
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -42,8 +41,6 @@ from soketify.console_auth import Sessions, password_matches, token_matches
 from soketify.cluster.interfaces import ClusterUnavailable
 from soketify.console_feed import TYPES, Viewer
 from soketify.rest import ApiError, json_answer
-
-log = Logger()
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "console_static")
 COOKIE = b"soketify_console"
@@ -61,12 +58,6 @@ MAX_STREAMS = 32
 STALLED_SECONDS = 60.0
 # Password checks (scrypt, on threads) under way at once; more are answered 429.
 MAX_CHECKS = 4
-
-
-class Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def _addressed_directly(request) -> bool:
@@ -88,9 +79,13 @@ def _addressed_directly(request) -> bool:
     return True
 
 
-def _json(request, status: int, body) -> bytes:
+def _no_store(request) -> None:
     request.setHeader(b"Cache-Control", b"no-store")
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
+
+
+def _json(request, status: int, body) -> bytes:
+    _no_store(request)
     return json_answer(request, status, json.dumps(body, separators=(",", ":"), default=str).encode())
 
 
@@ -179,7 +174,7 @@ class Console:
 
     def _check_direct_when_open(self, request) -> None:
         if self.open_to_all and not _addressed_directly(request):
-            raise Refused(403, "Without a password the console answers only requests for an IP "
+            raise ApiError(403, "Without a password the console answers only requests for an IP "
                                "address or localhost")
 
     def _may_read(self, request) -> bool:
@@ -188,20 +183,20 @@ class Console:
 
     def _check_read(self, request) -> None:
         if not self._may_read(request):
-            raise Refused(401, "Sign in, or send Authorization: Bearer <console.api_token>")
+            raise ApiError(401, "Sign in, or send Authorization: Bearer <console.api_token>")
 
     @staticmethod
     def _check_same_origin(request) -> None:
         """A POST of the page itself: JSON (which another site cannot send without a preflight),
         and from this server's own origin when the browser says where it comes from."""
         if (request.getHeader(b"content-type") or b"").split(b";")[0].strip() != b"application/json":
-            raise Refused(415, "Send Content-Type: application/json")
+            raise ApiError(415, "Send Content-Type: application/json")
         origin = request.getHeader(b"origin")
         host = request.getHeader(b"host") or b""
         if origin is not None and origin.split(b"://", 1)[-1] != host:
-            raise Refused(403, "Cross-origin requests are refused")
+            raise ApiError(403, "Cross-origin requests are refused")
         if request.getHeader(b"sec-fetch-site") not in (None, b"same-origin", b"none"):
-            raise Refused(403, "Cross-site requests are refused")
+            raise ApiError(403, "Cross-site requests are refused")
 
     def _check_action(self, request) -> None:
         """A signed-in browser's action: its session and the CSRF token of that session."""
@@ -212,16 +207,16 @@ class Console:
         csrf = self.sessions.csrf_of(self._session(request))
         given = (request.getHeader(b"x-csrf-token") or b"").decode("utf-8", "replace")
         if csrf is None:
-            raise Refused(401, "Sign in first")
+            raise ApiError(401, "Sign in first")
         if not hmac.compare_digest(csrf.encode(), given.encode()):
-            raise Refused(403, "Missing or wrong X-CSRF-Token")
+            raise ApiError(403, "Missing or wrong X-CSRF-Token")
 
     def _app(self, request, app_id=None):
         if app_id is None:
             app_id = (request.args.get(b"app") or [b""])[0].decode("utf-8", "replace")
         app = self.hub.apps.by_id(app_id)
         if app is None or not self._shown(app.id):
-            raise Refused(404, f"No app {app_id!r} here")
+            raise ApiError(404, f"No app {app_id!r} here")
         return app
 
     def _shown(self, app_id: str) -> bool:
@@ -230,13 +225,13 @@ class Console:
     @staticmethod
     def _body(request) -> dict:
         if getattr(request, "body_too_large", False):
-            raise Refused(413, "Request body is too large")
+            raise ApiError(413, "Request body is too large")
         try:
             body = json.loads(request.content.read() or b"{}")
         except ValueError:
-            raise Refused(400, "The body must be a JSON object")
+            raise ApiError(400, "The body must be a JSON object")
         if not isinstance(body, dict):
-            raise Refused(400, "The body must be a JSON object")
+            raise ApiError(400, "The body must be a JSON object")
         return body
 
     # -- the page ------------------------------------------------------------------------------
@@ -258,7 +253,7 @@ class Console:
     def static(self, request, name):
         content_type = STATIC_FILES.get(name.encode())
         if content_type is None:
-            raise Refused(404, "No such file")
+            raise ApiError(404, "No such file")
         return self._serve(request, name, content_type)
 
     # -- sessions ------------------------------------------------------------------------------
@@ -271,11 +266,11 @@ class Console:
         wait = self.sessions.wait_before_trying(address)
         if wait > 0:
             request.setHeader(b"Retry-After", b"%d" % (int(wait) + 1))
-            raise Refused(429, f"Too many wrong passwords; try again in {wait:.0f} s")
+            raise ApiError(429, f"Too many wrong passwords; try again in {wait:.0f} s")
         given = self._body(request).get("password")
         if not self.open_to_all:
             if self._checking >= MAX_CHECKS:
-                raise Refused(429, "Too many sign-ins at once; try again in a second")
+                raise ApiError(429, "Too many sign-ins at once; try again in a second")
             self._checking += 1
             try:
                 # scrypt takes tens of milliseconds: not on the reactor's thread.
@@ -285,7 +280,7 @@ class Console:
                 self._checking -= 1
             if not right:
                 self.sessions.failed(address)
-                raise Refused(401, "Wrong password")
+                raise ApiError(401, "Wrong password")
         self.sessions.succeeded(address)
         session, csrf = self.sessions.open()
         cookie = SimpleCookie()
@@ -426,7 +421,8 @@ class Console:
         try:
             self.api.publish_from_console(app, event)
         except (ApiError, ClusterUnavailable):
-            # Answered as POST /events would be, and a refusal is in the log with its reason.
+            # Answered as POST /events would be, and, refused, an entry with its reason.
+            _no_store(request)
             return json_answer(request, *self.api.error_answer(Failure(), app.id))
         return _json(request, 200, {"ok": True})
 
@@ -437,23 +433,17 @@ class Console:
         app = self._app(request, str(body.get("app", "")))
         user_id = body.get("user_id")
         if not isinstance(user_id, str) or not user_id:
-            raise Refused(400, "user_id must be a non-empty string")
+            raise ApiError(400, "user_id must be a non-empty string")
         await self.hub.terminate_user(app.id, user_id)
         return _json(request, 200, {"ok": True})
 
     # -- errors --------------------------------------------------------------------------------
 
-    @app.handle_errors(Refused)
-    def refused(self, request, failure):
-        return _json(request, failure.value.status, {"error": str(failure.value)})
-
     @app.handle_errors(Exception)
     def failed(self, request, failure):
-        if isinstance(failure.value, ApiError):
-            return _json(request, failure.value.status, {"error": failure.value.message})
-        if isinstance(failure.value, ClusterUnavailable):
-            return _json(request, 503, {"error": "The server cannot reach its cluster; try again"})
+        """Answered as the REST API answers its errors (ApiError, ClusterUnavailable, anything
+        else logged and 500); the console's own refusals are not entries of its log."""
         if isinstance(failure.value, HTTPException):
             return _json(request, failure.value.code, {"error": failure.value.name})
-        log.failure("Console request failed", failure)
-        return _json(request, 500, {"error": "Internal server error"})
+        _no_store(request)
+        return json_answer(request, *self.api.error_answer(failure))

@@ -248,11 +248,7 @@ class RestApi:
         """An event the debug console sends: checked and published as POST /events would."""
         if not app.enabled:
             raise ApiError(403, "App is disabled")
-        event = self._event(event, "event", False, app)
-        self._within_rate(app, "backend_events_per_second", 1, "events")
-        self._require_cluster()
-        self.hub.publish(app.id, event["channels"], event["name"], event["data"],
-                         event.get("socket_id"))
+        self._publish_one(app, event)
 
     def count_http(self, app_id: str, received: int, sent: int) -> None:
         """One REST call of the app (if it is one of ours): bytes received and sent."""
@@ -277,7 +273,7 @@ class RestApi:
             return error.status, _dumps({"error": error.message})
         if isinstance(error, ClusterUnavailable):
             return 503, _dumps({"error": CLUSTER_UNAVAILABLE})
-        log.failure("REST request failed", failure)
+        log.failure("Request failed", failure)
         return 500, _dumps({"error": "Internal server error"})
 
     # -- status --------------------------------------------------------------------------------
@@ -496,13 +492,18 @@ class RestApi:
             raise self._over(app, "channel_name_length", 400, message)
         raise ApiError(400, message)
 
+    def _publish_one(self, app: AppConfig, body) -> dict:
+        """One event of POST /events: checked, counted against the app's rate, published."""
+        event = self._event(body, "event", False, app)
+        self._within_rate(app, "backend_events_per_second", 1, "events")
+        self._require_cluster()
+        self.hub.publish(app.id, event["channels"], event["name"], event["data"],
+                         event["socket_id"])
+        return event
+
     def _publish_event(self, api: ApiRequest) -> Answer | Deferred:
         # Not a coroutine: a trigger without `info` (nearly all of them) is answered at once.
-        event = self._event(api.json_object(), "event", False, api.app)
-        self._within_rate(api.app, "backend_events_per_second", 1, "events")
-        self._require_cluster()
-        self.hub.publish(api.app.id, event["channels"], event["name"], event["data"],
-                         event["socket_id"])
+        event = self._publish_one(api.app, api.json_object())
         if not event["info"]:
             return NOTHING_TO_SAY
         return self._event_info(api.app.id, event).addCallback(
