@@ -303,11 +303,12 @@ class Console:
     @app.route("/console/api/session", methods=["GET"])
     def session(self, request):
         self._check_direct_when_open(request)
-        signed_in = self.open_to_all or self.sessions.csrf_of(self._session(request)) is not None
+        csrf = "" if self.open_to_all else self.sessions.csrf_of(self._session(request))
+        signed_in = csrf is not None
         body = {"signed_in": signed_in, "password_needed": not self.open_to_all}
         if signed_in:
             body["node"] = self.feed.node
-            body["csrf"] = "" if self.open_to_all else self.sessions.csrf_of(self._session(request))
+            body["csrf"] = csrf
             # Never a secret: ids and keys only.
             body["apps"] = [{"id": app.id, "key": app.key} for app in self.hub.apps
                             if self._shown(app.id)]

@@ -67,9 +67,7 @@ def keep_running_settings(running: Config, new: Config) -> Config:
             else:
                 document[section] = copy.deepcopy(value)
             continue
-        table = document.setdefault(section, {})
-        if not isinstance(table, dict):
-            continue  # parse() already refused such a file
+        table = document.setdefault(section, {})  # a table: parse() refused anything else
         if value is None:
             table.pop(key, None)
         else:

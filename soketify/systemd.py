@@ -92,7 +92,7 @@ class SystemdStatus(service.Service):
         self._last_text = text
 
     def reloaded(self) -> None:
-        serving, text = self._status()
+        _, text = self._status()
         self._last_text = text
         if self._ready_sent:
             self._notifier.send("READY=1", f"STATUS={text}")
