@@ -97,6 +97,12 @@ class ConsoleFeed:
                 for viewer in self._viewers:
                     viewer.offer(entry)
 
+    def member_changed(self, app_id: str, channel: str, user_id: str, present: bool) -> None:
+        """A presence member joined or left (IClusterListener.member_changed), if watched."""
+        if self.watching:
+            self.add(app_id, "member_added" if present else "member_removed", channel=channel,
+                     user_id=user_id)
+
     def add(self, app_id: str, type: str, **details) -> None:
         """One entry; callers check ``watching`` first."""
         entry = {"time": round(self._clock.seconds(), 3), "node": self.node, "app_id": app_id,

@@ -385,9 +385,7 @@ class Hub:
         self.webhooks.emit(app_id, event)
 
     def member_changed(self, app_id: str, channel: str, user_id: str, present: bool) -> None:
-        if self.feed.watching:
-            self.feed.add(app_id, "member_added" if present else "member_removed", channel=channel,
-                          user_id=user_id)
+        self.feed.member_changed(app_id, channel, user_id, present)
 
     def webhooks_stored(self) -> Deferred:
         return self.webhooks.stored()

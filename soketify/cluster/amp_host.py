@@ -357,10 +357,8 @@ class AmpHost:
 
     def member_changed(self, app_id, channel, user_id, present) -> None:
         """Membership lives here: the supervisor's console entry goes to the watching workers."""
-        feed = self.console_feed
-        if feed is not None and feed.watching:
-            feed.add(app_id, "member_added" if present else "member_removed", channel=channel,
-                     user_id=user_id)
+        if self.console_feed is not None:
+            self.console_feed.member_changed(app_id, channel, user_id, present)
 
     def terminate_user_here(self, app_id, user_id):
         asked = [link.callRemote(cmd.TerminateHere, app_id=app_id, user_id=user_id)
